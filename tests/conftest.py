@@ -1,0 +1,18 @@
+"""Test set-up: split the CPU into 2 logical devices so MirroredStrategy can be
+tested on one machine. Must run before TensorFlow initialises its devices."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+NUM_LOGICAL_CPUS = 2
+
+_cpus = tf.config.list_physical_devices("CPU")
+try:
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS
+    )
+except RuntimeError:  # already initialised (e.g. by a plugin); tests needing 2 devices skip
+    pass
