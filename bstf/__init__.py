@@ -10,3 +10,5 @@ __version__ = "0.1.0"
 
 from bstf import schedules
 from bstf.clock import Clock
+from bstf import plan
+from bstf.plan import NoiseScalePlan

@@ -1,0 +1,369 @@
+"""The noise-scale plan: one LR-decay schedule, realised by LR, batch or momentum.
+
+Smith, Kindermans, Ying & Le (2017) show that SGD with learning rate ε,
+batch B and momentum m on N training examples is governed by the noise scale
+
+    g = ε N / (B (1 − m)).
+
+A conventional schedule "decay the LR by ``factor`` at each milestone" lowers g
+by ``factor`` at each milestone. :class:`NoiseScalePlan` realises exactly that
+g-schedule in one of several ways (``mode``):
+
+* ``"decay_lr"`` — ε /= factor at each milestone (B, m fixed);
+* ``"increase_batch"`` — B *= factor at each milestone while B ≤ ``max_batch``;
+  the part of a reduction that would pass ``max_batch`` is taken by decaying ε;
+* ``"hybrid"`` — the first ``hybrid_lr_milestones`` milestones decay ε, the
+  later ones grow B (capped as above).
+
+and two rescalings keep g while cutting the number of updates:
+``plan.scaled(k)`` multiplies ε and B by k (B ∝ ε) and ``plan.with_momentum(m)``
+raises the momentum and multiplies B by (1 − m₀)/(1 − m) (B ∝ 1/(1 − m)).
+
+**How g is kept exactly.** The target g of each phase is computed first; the
+mode then chooses the integer batch (``round(B·factor)``, capped at
+``max_batch``) and the momentum, and the LR is *derived*:
+ε = g·B·(1 − m)/N. So every mode and rescaling has the same g at every epoch
+outside warmup, also when a batch had to be rounded or capped.
+
+**Warmup** (Goyal et al. 2017): for ``warmup_epochs`` the LR ramps linearly
+from ``base_lr`` (the unscaled LR) to the phase-0 LR; g is lower there.
+
+**Coupling.** Phase 0 trains at ``batch`` (default ``base_batch``) with
+LR ``scaled_learning_rate(base_lr, base_batch, batch, lr_rule)``. Goyal's
+8k ImageNet recipe is ``NoiseScalePlan(1281167, 0.1, 256, batch=8192,
+lr_rule="linear", warmup_epochs=5, milestones=(30, 60, 80), factor=10)``.
+
+**Updates.** A training loop following the plan reads the batch from the
+clock before each update and advances the clock by that batch; an update is
+counted in the phase where it starts (it may straddle a boundary by less than
+one batch). ``phases()`` counts updates exactly that way.
+"""
+
+import dataclasses
+import math
+import numbers
+
+import keras
+
+from bstf import schedules
+from bstf.clock import Clock
+from bstf.schedules import _check_number, scaled_learning_rate
+
+MODES = ("decay_lr", "increase_batch", "hybrid")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanPoint:
+    """The plan's values at one epoch."""
+
+    epoch: float
+    learning_rate: float
+    batch_size: int
+    momentum: float
+    noise_scale: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """A segment of training with constant batch size and momentum.
+
+    ``learning_rate`` is the phase's LR after warmup (phase 0 ramps up to it
+    during ``warmup_epochs``); ``updates`` counts the updates that start in
+    the phase.
+    """
+
+    start_epoch: float
+    end_epoch: float
+    learning_rate: float
+    batch_size: int
+    momentum: float
+    noise_scale: float
+    updates: int
+
+
+@keras.saving.register_keras_serializable(package="bstf")
+class NoiseScalePlan:
+    """An LR-decay schedule realised as LR decay, batch growth, or both.
+
+    Args:
+      train_size: N, examples per epoch (integer >= 1).
+      base_lr: learning rate at ``base_batch`` (> 0).
+      base_batch: reference batch size of ``base_lr`` (integer >= 1).
+      base_momentum: momentum m₀ in [0, 1).
+      milestones: epochs (strictly increasing, > 0) where g drops by ``factor``.
+      factor: g reduction at each milestone (> 1).
+      mode: "decay_lr", "increase_batch" or "hybrid".
+      max_batch: largest batch the plan may use (>= the starting batch;
+        default: no cap).
+      warmup_epochs: linear LR warmup from ``base_lr`` (>= 0).
+      lr_rule: how the phase-0 LR follows ``batch``: "linear", "sqrt"
+        or "none".
+      batch: phase-0 batch (default ``base_batch``).
+      hybrid_lr_milestones: in "hybrid" mode, how many leading milestones
+        decay the LR before the batch starts to grow (>= 0).
+      scale: B ∝ ε rescaling factor k (> 0): batch and LR ×k, g unchanged.
+      target_momentum: momentum used instead of m₀ with B ∝ 1/(1 − m)
+        (default: ``base_momentum``).
+    """
+
+    def __init__(
+        self,
+        train_size,
+        base_lr,
+        base_batch,
+        base_momentum=0.9,
+        milestones=(),
+        factor=10.0,
+        mode="decay_lr",
+        max_batch=None,
+        warmup_epochs=0.0,
+        lr_rule="none",
+        batch=None,
+        hybrid_lr_milestones=1,
+        scale=1.0,
+        target_momentum=None,
+    ):
+        self.train_size = _check_number("train_size", train_size, low=1, integer=True)
+        self.base_lr = _check_number("base_lr", base_lr, low=0, low_open=True)
+        self.base_batch = _check_number("base_batch", base_batch, low=1, integer=True)
+        self.base_momentum = _check_number("base_momentum", base_momentum, low=0, high=1)
+        self.milestones = tuple(_check_number("milestones", m, low=0, low_open=True) for m in milestones)
+        if any(b <= a for a, b in zip(self.milestones, self.milestones[1:])):
+            raise ValueError(f"milestones must be strictly increasing epochs, got {list(self.milestones)}.")
+        self.factor = _check_number("factor", factor, low=1, low_open=True)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+        self.mode = mode
+        self.warmup_epochs = _check_number("warmup_epochs", warmup_epochs, low=0)
+        if lr_rule not in ("linear", "sqrt", "none"):
+            raise ValueError(f"lr_rule must be one of ('linear', 'sqrt', 'none'), got {lr_rule!r}.")
+        self.lr_rule = lr_rule
+        self.batch = self.base_batch if batch is None else _check_number("batch", batch, low=1, integer=True)
+        self.hybrid_lr_milestones = _check_number("hybrid_lr_milestones", hybrid_lr_milestones, low=0, integer=True)
+        self.scale = _check_number("scale", scale, low=0, low_open=True)
+        self.target_momentum = None if target_momentum is None else _check_number(
+            "target_momentum", target_momentum, low=0, high=1)
+        start = self._start_batch()
+        self.max_batch = None if max_batch is None else _check_number("max_batch", max_batch, low=1, integer=True)
+        if self.max_batch is not None and self.max_batch < start:
+            raise ValueError(
+                f"max_batch must be >= the starting batch {start} (batch × scale × "
+                f"(1 − base_momentum)/(1 − target_momentum)), got {self.max_batch}."
+            )
+        self._realise()
+
+    # ------------------------------------------------------------------ realisation
+    @property
+    def momentum_value(self):
+        """The momentum the plan trains with (``target_momentum`` or m₀)."""
+        return self.base_momentum if self.target_momentum is None else self.target_momentum
+
+    def _momentum_ratio(self):
+        return (1.0 - self.base_momentum) / (1.0 - self.momentum_value)
+
+    def _start_batch(self):
+        return max(1, round(self.batch * self.scale * self._momentum_ratio()))
+
+    def _cap(self, batch):
+        return batch if self.max_batch is None else min(batch, self.max_batch)
+
+    def _realise(self):
+        """Per phase: target g, then the batch by mode, then ε = g·B·(1−m)/N."""
+        n, m = self.train_size, self.momentum_value
+        lr0 = scaled_learning_rate(self.base_lr, self.base_batch, self.batch, self.lr_rule)
+        # g of the un-rescaled phase 0 (decay_lr semantics at `batch` and base momentum).
+        g0 = lr0 * n / (self.batch * (1.0 - self.base_momentum))
+        batches, lrs, gs = [], [], []
+        batch = self._start_batch()
+        for i in range(len(self.milestones) + 1):
+            g = g0 / self.factor**i
+            if i > 0 and self._grows_batch_at(i):
+                batch = self._cap(max(1, round(batch * self.factor)))
+            batches.append(batch)
+            lrs.append(g * batch * (1.0 - m) / n)
+            gs.append(g)
+        self._batches, self._lrs, self._gs = batches, lrs, gs
+
+    def _grows_batch_at(self, i):
+        """Whether milestone i (1-based) is realised by growing the batch."""
+        if self.mode == "decay_lr":
+            return False
+        if self.mode == "increase_batch":
+            return True
+        return i > self.hybrid_lr_milestones
+
+    # ------------------------------------------------------------------ schedules
+    @property
+    def learning_rate(self):
+        """The LR schedule (a Keras ``LearningRateSchedule`` once bound to a clock)."""
+        if getattr(self, "_lr_schedule", None) is None:
+            after = schedules.PiecewiseConstant(self.milestones, self._lrs)
+            self._lr_schedule = (
+                schedules.LinearWarmup(after, self.warmup_epochs, self.base_lr)
+                if self.warmup_epochs > 0
+                else after
+            )
+        return self._lr_schedule
+
+    @property
+    def batch_size(self):
+        """The global batch-size schedule (int64 values)."""
+        if getattr(self, "_batch_schedule", None) is None:
+            self._batch_schedule = schedules.PiecewiseBatch(self.milestones, self._batches)
+        return self._batch_schedule
+
+    @property
+    def momentum(self):
+        """The momentum schedule (constant for a plan; a schedule so it binds like the others)."""
+        if getattr(self, "_momentum_schedule", None) is None:
+            self._momentum_schedule = schedules.PiecewiseMomentum(
+                self.milestones, [self.momentum_value] * (len(self.milestones) + 1)
+            )
+        return self._momentum_schedule
+
+    def schedules(self):
+        """(learning_rate, batch_size, momentum) schedules."""
+        return self.learning_rate, self.batch_size, self.momentum
+
+    def bind(self, clock):
+        """Binds the LR, batch and momentum schedules to ``clock``; returns self."""
+        if not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a bstf.Clock, got {type(clock).__name__}.")
+        if clock.train_size != self.train_size:
+            raise ValueError(
+                f"the clock's train_size ({clock.train_size}) differs from the plan's "
+                f"train_size ({self.train_size})."
+            )
+        for s in self.schedules():
+            s.bind(clock)
+        return self
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def max_batch_used(self):
+        """The largest batch any phase uses."""
+        return max(self._batches)
+
+    def _phase_index(self, epoch):
+        return sum(1 for m in self.milestones if epoch >= m)
+
+    def at(self, epoch):
+        """The plan's :class:`PlanPoint` at ``epoch`` (>= 0)."""
+        epoch = _check_number("epoch", epoch, low=0)
+        lr = self.learning_rate.numpy(epoch)
+        batch = int(self.batch_size.numpy(epoch))
+        momentum = self.momentum_value
+        return PlanPoint(epoch, lr, batch, momentum, self.train_size * lr / (batch * (1.0 - momentum)))
+
+    def noise_scale(self, epoch):
+        """g = εN/(B(1 − m)) at ``epoch``."""
+        return self.at(epoch).noise_scale
+
+    def phases(self, epochs):
+        """The constant-batch segments of a run of ``epochs`` epochs (> 0)."""
+        epochs = _check_number("epochs", epochs, low=0, low_open=True)
+        bounds = [0.0] + [m for m in self.milestones if m < epochs] + [epochs]
+        out, examples = [], 0  # examples consumed when the phase's first update starts
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            batch = self._batches[i]
+            end_examples = b * self.train_size
+            updates = max(0, math.ceil((end_examples - examples) / batch - 1e-9))
+            examples += updates * batch
+            out.append(Phase(a, b, self._lrs[i], batch, self.momentum_value, self._gs[i], updates))
+        return out
+
+    def total_updates(self, epochs):
+        """Parameter updates of a run of ``epochs`` epochs."""
+        return sum(p.updates for p in self.phases(epochs))
+
+    # ------------------------------------------------------------------ rescalings
+    def scaled(self, k):
+        """The same g with ε and B multiplied by ``k`` (B ∝ ε)."""
+        k = _check_number("k", k, low=0, low_open=True)
+        return self._replace(scale=self.scale * k)
+
+    def with_momentum(self, momentum):
+        """The same g with momentum ``momentum`` and B ∝ 1/(1 − m)."""
+        momentum = _check_number("momentum", momentum, low=0, high=1)
+        return self._replace(target_momentum=momentum)
+
+    def with_mode(self, mode):
+        """The same g-schedule realised by another ``mode``."""
+        return self._replace(mode=mode)
+
+    def _replace(self, **changes):
+        return NoiseScalePlan(**{**self.get_config(), **changes})
+
+    # ------------------------------------------------------------------ serialization, display
+    def get_config(self):
+        return {
+            "train_size": self.train_size,
+            "base_lr": self.base_lr,
+            "base_batch": self.base_batch,
+            "base_momentum": self.base_momentum,
+            "milestones": list(self.milestones),
+            "factor": self.factor,
+            "mode": self.mode,
+            "max_batch": self.max_batch,
+            "warmup_epochs": self.warmup_epochs,
+            "lr_rule": self.lr_rule,
+            "batch": self.batch,
+            "hybrid_lr_milestones": self.hybrid_lr_milestones,
+            "scale": self.scale,
+            "target_momentum": self.target_momentum,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return isinstance(other, NoiseScalePlan) and self.get_config() == other.get_config()
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"NoiseScalePlan({args})"
+
+    def table(self, epochs):
+        """The phase table as text, with the total number of updates."""
+        rows = [
+            f"{'epochs':>15} {'lr':>10} {'batch':>7} {'momentum':>8} {'noise g':>10} {'updates':>8}"
+        ]
+        for p in self.phases(epochs):
+            rows.append(
+                f"{p.start_epoch:>7g} – {p.end_epoch:<5g} {p.learning_rate:>10.5g} {p.batch_size:>7d} "
+                f"{p.momentum:>8.3g} {p.noise_scale:>10.5g} {p.updates:>8d}"
+            )
+        warm = f" (LR warmup from {self.base_lr:g} over {self.warmup_epochs:g} epochs)" if self.warmup_epochs else ""
+        rows.append(f"total updates: {self.total_updates(epochs)}  [mode={self.mode}]{warm}")
+        return "\n".join(rows)
+
+    def plot(self, epochs, path, others=()):
+        """PNG of LR, batch, momentum and noise scale against epochs.
+
+        ``others`` are further plans (e.g. other modes) drawn on the same axes.
+        """
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        epochs = _check_number("epochs", epochs, low=0, low_open=True)
+        grid = np.linspace(0.0, epochs, 801)
+        fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+        for plan in (self, *others):
+            points = [plan.at(float(e)) for e in grid]
+            label = f"{plan.mode} ({plan.total_updates(epochs)} updates)"
+            for ax, field in zip(axes.flat, ("learning_rate", "batch_size", "momentum", "noise_scale")):
+                ax.plot(grid, [getattr(p, field) for p in points], label=label)
+                ax.set_title(field.replace("_", " "))
+        for ax in axes.flat:
+            ax.set_xlabel("epoch")
+        axes[0, 1].set_yscale("log")
+        axes[1, 1].set_yscale("log")
+        axes[0, 0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
