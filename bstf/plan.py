@@ -143,13 +143,9 @@ class NoiseScalePlan:
         self.scale = _check_number("scale", scale, low=0, low_open=True)
         self.target_momentum = None if target_momentum is None else _check_number(
             "target_momentum", target_momentum, low=0, high=1)
-        start = self._start_batch()
         self.max_batch = None if max_batch is None else _check_number("max_batch", max_batch, low=1, integer=True)
-        if self.max_batch is not None and self.max_batch < start:
-            raise ValueError(
-                f"max_batch must be >= the starting batch {start} (batch × scale × "
-                f"(1 − base_momentum)/(1 − target_momentum)), got {self.max_batch}."
-            )
+        if self.max_batch is not None and self.max_batch < self.batch:
+            raise ValueError(f"max_batch must be >= the starting batch {self.batch}, got {self.max_batch}.")
         self._realise()
 
     # ------------------------------------------------------------------ realisation
@@ -162,7 +158,7 @@ class NoiseScalePlan:
         return (1.0 - self.base_momentum) / (1.0 - self.momentum_value)
 
     def _start_batch(self):
-        return max(1, round(self.batch * self.scale * self._momentum_ratio()))
+        return self._cap(max(1, round(self.batch * self.scale * self._momentum_ratio())))
 
     def _cap(self, batch):
         return batch if self.max_batch is None else min(batch, self.max_batch)
