@@ -12,5 +12,5 @@ from bstf import schedules
 from bstf.clock import Clock
 from bstf import plan
 from bstf.plan import NoiseScalePlan
-from bstf import finder, tuner
+from bstf import data, finder, tuner
 from bstf.finder import find_batch_size
