@@ -1,0 +1,15 @@
+"""Measurement of what batch size does.
+
+* Gradient noise scale B_simple (McCandlish et al. 2018): :func:`noise_scale`,
+  the estimators :func:`estimate_noise_scale` and :class:`NoiseScaleAverager`.
+* Adaptive batch size from B_simple with the LR coupled: :class:`AdaptiveBatch`.
+* Sharpness of a minimiser (Keskar et al. 2017): :func:`sharpness`, :func:`sharpness_of`.
+* 1-D interpolation between two solutions: :func:`interpolate`, :func:`plot_interpolation`.
+* Top Hessian eigenvalue by power iteration: :func:`hessian_top_eigenvalue`, :func:`top_eigenvalue_of`.
+* Training dynamics (Shen): :func:`distance_from_init`, :func:`gradient_histogram`.
+
+The matching callbacks are in :mod:`bstf.callbacks`. See docs/measurement.md.
+"""
+
+from bstf.analysis.noise_scale import (NoiseScaleAverager, NoiseScaleEstimate, NoiseScaleResult, estimate_grad_norm_sq,
+                                       estimate_noise_scale, estimate_trace_sigma, noise_scale)

@@ -1,0 +1,3 @@
+"""Keras callbacks of bstf (one module per concept)."""
+
+from bstf.callbacks.noise_scale import NoiseScaleMonitor

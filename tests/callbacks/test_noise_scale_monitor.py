@@ -1,0 +1,103 @@
+import collections
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+import bstf
+from bstf import analysis
+from bstf.callbacks import NoiseScaleMonitor
+
+
+def read_events(log_dir):
+    """{tag: [(step, value)]} from every event file under log_dir (tf.compat.v1 summary_iterator)."""
+    out = collections.defaultdict(list)
+    for path in sorted(pathlib.Path(log_dir).rglob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for v in event.summary.value:
+                out[v.tag].append((event.step, float(tf.make_ndarray(v.tensor))))
+    return out
+
+
+def _data(n=512):
+    rng = np.random.RandomState(0)
+    x = rng.randn(n, 8).astype("float32")
+    return x, (x[:, 0] + 0.5 * x[:, 1] > 0).astype("int64")
+
+
+def _model():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.BatchNormalization(), keras.layers.Dropout(0.2), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_logs_tensorboard_history_and_examples_axis(tmp_path):
+    x, y = _data()
+    clock = bstf.Clock(train_size=len(x))
+    advance = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: clock.advance(32))
+    monitor = NoiseScaleMonitor((x, y), every_n_updates=5, big_batch=64, small_batch=16, ema=None,
+                                log_dir=str(tmp_path), clock=clock)
+    history = _model().fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[advance, monitor], shuffle=False)
+    # 16 updates per epoch: measured after updates 1, 6, 11, ..., 31.
+    assert monitor.history["updates"] == [1, 6, 11, 16, 21, 26, 31]
+    events = read_events(tmp_path)
+    for tag in ("b_simple", "grad_norm_sq", "trace_sigma"):
+        steps, values = zip(*events[f"noise_scale/{tag}"])
+        assert list(steps) == monitor.history["updates"]
+        np.testing.assert_allclose(values, monitor.history[tag], rtol=1e-6)
+        steps, _ = zip(*events[f"noise_scale_vs_examples/{tag}"])
+        assert list(steps) == [32 * u for u in monitor.history["updates"]]
+        assert len(history.history[tag]) == 2
+    # ema=None: the logged B_simple is the ratio of the plain means of the raw two-batch estimates.
+    small, big = np.array(monitor.history["g_small_sq"]), np.array(monitor.history["g_big_sq"])
+    g2 = np.mean((64 * big - 16 * small) / 48)
+    tr = np.mean((small - big) / (1 / 16 - 1 / 64))
+    assert monitor.history["b_simple"][-1] == pytest.approx(tr / g2, rel=1e-9)
+    assert history.history["b_simple"][-1] == pytest.approx(tr / g2, rel=1e-9)
+
+
+def test_training_trajectory_is_unchanged():
+    x, y = _data()
+    plain = _model()
+    plain.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    monitored = _model()
+    monitor = NoiseScaleMonitor((x, y), every_n_updates=3, big_batch=64)
+    monitored.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False, callbacks=[monitor])
+    assert len(monitor.history["updates"]) == 6
+    for a, b in zip(plain.variables, monitored.variables):  # incl. BN statistics and dropout RNG
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_measure_agrees_with_analysis_function():
+    x, y = _data()
+    model = _model()
+    monitor = NoiseScaleMonitor((x, y), big_batch=64, small_batch=8, ema=None, training=False)
+    monitor.set_model(model)
+    model.optimizer.build(model.trainable_variables)
+    for _ in range(3):
+        monitor.measure()
+    ref = analysis.noise_scale(model, (x, y), small_batch=8, big_batch=64, num_batches=3, training=False)
+    # Same seed, same shuffle: the same three batches.
+    np.testing.assert_allclose(monitor.history["g_small_sq"], ref.g_small_sq, rtol=1e-5)
+    assert monitor.b_simple == pytest.approx(ref.b_simple, rel=1e-5)
+
+
+def test_config_round_trip_and_bad_input(tmp_path):
+    x, y = _data()
+    monitor = NoiseScaleMonitor((x, y), every_n_updates=7, big_batch=128, ema=0.8, log_dir=str(tmp_path), seed=3)
+    config = monitor.get_config()
+    assert config == {"every_n_updates": 7, "small_batch": 16, "big_batch": 128, "ema": 0.8,
+                      "log_dir": str(tmp_path), "seed": 3, "training": True}
+    assert NoiseScaleMonitor.from_config(config, data=(x, y)).get_config() == config
+    with pytest.raises(ValueError, match=r"small_batch \(64\) must be smaller than big_batch \(64\)"):
+        NoiseScaleMonitor((x, y), small_batch=64, big_batch=64)
+    with pytest.raises(ValueError, match="data has 512 examples, fewer than big_batch=1024"):
+        NoiseScaleMonitor((x, y), big_batch=1024)
+    with pytest.raises(ValueError, match="every_n_updates must be an integer >= 1, got 0"):
+        NoiseScaleMonitor((x, y), every_n_updates=0)
+    with pytest.raises(TypeError, match="clock must be a bstf.Clock"):
+        NoiseScaleMonitor((x, y), clock=5)
