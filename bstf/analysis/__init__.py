@@ -11,5 +11,6 @@
 The matching callbacks are in :mod:`bstf.callbacks`. See docs/measurement.md.
 """
 
+from bstf.analysis.adaptive import AdaptiveBatch
 from bstf.analysis.noise_scale import (NoiseScaleAverager, NoiseScaleEstimate, NoiseScaleResult, estimate_grad_norm_sq,
                                        estimate_noise_scale, estimate_trace_sigma, noise_scale)

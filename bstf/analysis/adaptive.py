@@ -1,0 +1,152 @@
+"""Adaptive batch size from the measured noise scale (the AdaptDL/Pollux idea).
+
+McCandlish et al. (2018): training to a given loss takes
+``S = S_min(1 + B_noise/B)`` updates and ``E = E_min(1 + B/B_noise)``
+examples, so a batch near the noise scale balances the two (``B = B_noise``
+costs 2·S_min updates and 2·E_min examples). The noise scale grows during
+training, so the best batch grows with it. :class:`AdaptiveBatch` turns a
+stream of B_simple measurements (e.g. from
+:class:`bstf.callbacks.NoiseScaleMonitor`) into a batch size
+``≈ multiplier · B_simple``, clamped to ``[min_batch, max_batch]`` and rounded
+to a multiple of ``granularity`` (replicas × micro-batch), changed at most once
+every ``every_n_updates`` updates, with the learning rate coupled to it by
+:func:`bstf.schedules.scaled_learning_rate`.
+"""
+
+import math
+import numbers
+
+import keras
+
+from bstf.analysis import _common
+from bstf.schedules import scaled_learning_rate
+
+_RULES = ("linear", "sqrt", "none")
+
+
+@keras.saving.register_keras_serializable(package="bstf")
+class AdaptiveBatch:
+    """Batch-size controller: ``batch ≈ multiplier · B_simple`` with the LR coupled.
+
+    Args:
+      min_batch, max_batch: bounds of the batch, multiples of ``granularity``.
+      multiplier: ``c`` in ``B = c · B_simple`` (> 0; 1 = at the noise scale).
+      every_n_updates: minimum number of updates between two changes.
+      lr_rule: "linear", "sqrt" or "none" (see :func:`bstf.schedules.scaled_learning_rate`).
+      base_lr, base_batch: the learning rate that works at ``base_batch``.
+      granularity: the batch is a multiple of this (e.g. replicas × micro-batch).
+      initial_batch: batch before the first measurement (default ``min_batch``;
+        a multiple of ``granularity`` in the bounds).
+      allow_decrease: if False the batch never shrinks (Smith et al.'s
+        "increase the batch" regime); by default it follows B_simple both ways.
+
+    ``update(b_simple, updates)`` returns the ``(batch, lr)`` to train with.
+    Measurements that are not positive (the two-batch estimator is noisy and
+    can go negative when the signal or the noise is too small to resolve) keep
+    the current batch; ``+inf`` (no measurable gradient signal) means
+    ``max_batch``. Pure Python: no TensorFlow state.
+    """
+
+    def __init__(self, min_batch, max_batch, multiplier=1.0, every_n_updates=100, lr_rule="linear", *, base_lr,
+                 base_batch, granularity=1, initial_batch=None, allow_decrease=True):
+        self.granularity = _common.check_int("granularity", granularity)
+        self.min_batch = _common.check_int("min_batch", min_batch)
+        self.max_batch = _common.check_int("max_batch", max_batch)
+        for name, value in (("min_batch", self.min_batch), ("max_batch", self.max_batch)):
+            if value % self.granularity:
+                raise ValueError(f"{name} must be a multiple of granularity ({self.granularity}), got {value}.")
+        if self.max_batch < self.min_batch:
+            raise ValueError(f"max_batch must be >= min_batch ({self.min_batch}), got {self.max_batch}.")
+        self.multiplier = _common.check_float("multiplier", multiplier, low=0.0, low_open=True)
+        self.every_n_updates = _common.check_int("every_n_updates", every_n_updates)
+        if lr_rule not in _RULES:
+            raise ValueError(f"lr_rule must be one of {_RULES}, got {lr_rule!r}.")
+        self.lr_rule = lr_rule
+        self.base_lr = _common.check_float("base_lr", base_lr, low=0.0, low_open=True)
+        self.base_batch = _common.check_int("base_batch", base_batch)
+        if initial_batch is None:
+            initial_batch = self.min_batch
+        initial_batch = _common.check_int("initial_batch", initial_batch)
+        if not self.min_batch <= initial_batch <= self.max_batch or initial_batch % self.granularity:
+            raise ValueError(
+                f"initial_batch must be a multiple of granularity ({self.granularity}) in "
+                f"[{self.min_batch}, {self.max_batch}], got {initial_batch}."
+            )
+        self.initial_batch = initial_batch
+        self.allow_decrease = bool(allow_decrease)
+        self.reset()
+
+    def reset(self):
+        """Back to ``initial_batch`` with no measurements."""
+        self.batch = self.initial_batch
+        self.last_change = None
+        self.last_updates = None
+        self.changes = []  # (updates, batch, lr) at every change
+
+    @property
+    def learning_rate(self):
+        """The LR coupled to the current batch."""
+        return scaled_learning_rate(self.base_lr, self.base_batch, self.batch, self.lr_rule)
+
+    def propose(self, b_simple):
+        """``multiplier · b_simple`` rounded to the nearest multiple of ``granularity``, clamped."""
+        b_simple = self._check_b(b_simple)
+        if math.isinf(b_simple):
+            return self.max_batch
+        g = self.granularity
+        target = self.multiplier * b_simple
+        rounded = int(math.floor(target / g + 0.5)) * g
+        return min(self.max_batch, max(self.min_batch, rounded))
+
+    def update(self, b_simple, updates):
+        """Feeds one measurement taken after ``updates`` optimizer updates.
+
+        Returns:
+          ``(batch, learning_rate)``: the batch changes to :meth:`propose`'s
+          value only if at least ``every_n_updates`` updates passed since the
+          last change (the first change may happen at once), the measurement is
+          positive, and (with ``allow_decrease=False``) it would not shrink.
+        """
+        b_simple = self._check_b(b_simple)
+        if isinstance(updates, bool) or not isinstance(updates, numbers.Integral) or updates < 0:
+            raise ValueError(f"updates must be an integer >= 0, got {updates!r}.")
+        if self.last_updates is not None and updates < self.last_updates:
+            raise ValueError(f"updates must not decrease: got {updates} after {self.last_updates}.")
+        self.last_updates = int(updates)
+        due = self.last_change is None or updates >= self.last_change + self.every_n_updates
+        if due and b_simple > 0:
+            proposal = self.propose(b_simple)
+            if not self.allow_decrease:
+                proposal = max(proposal, self.batch)
+            if proposal != self.batch:
+                self.batch = proposal
+                self.last_change = int(updates)
+                self.changes.append((int(updates), self.batch, self.learning_rate))
+        return self.batch, self.learning_rate
+
+    @staticmethod
+    def _check_b(b_simple):
+        if isinstance(b_simple, bool) or not isinstance(b_simple, numbers.Real) or math.isnan(b_simple):
+            raise ValueError(f"b_simple must be a real number (not NaN), got {b_simple!r}.")
+        return float(b_simple)
+
+    def get_config(self):
+        return {
+            "min_batch": self.min_batch,
+            "max_batch": self.max_batch,
+            "multiplier": self.multiplier,
+            "every_n_updates": self.every_n_updates,
+            "lr_rule": self.lr_rule,
+            "base_lr": self.base_lr,
+            "base_batch": self.base_batch,
+            "granularity": self.granularity,
+            "initial_batch": self.initial_batch,
+            "allow_decrease": self.allow_decrease,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"AdaptiveBatch(batch={self.batch}, learning_rate={self.learning_rate:.4g}, {self.get_config()})"
