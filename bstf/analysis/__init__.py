@@ -12,6 +12,8 @@ The matching callbacks are in :mod:`bstf.callbacks`. See docs/measurement.md.
 """
 
 from bstf.analysis.adaptive import AdaptiveBatch
+from bstf.analysis.dynamics import (Distance, GradientHistogramResult, distance_from_init, gradient_histogram,
+                                    trainable_weights)
 from bstf.analysis.hessian import TopEigenvalue, hessian_top_eigenvalue, power_iteration, top_eigenvalue_of
 from bstf.analysis.interpolation import InterpolationResult, interpolate, interpolate_weights, plot_interpolation
 from bstf.analysis.noise_scale import (NoiseScaleAverager, NoiseScaleEstimate, NoiseScaleResult, estimate_grad_norm_sq,
