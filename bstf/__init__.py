@@ -14,3 +14,4 @@ from bstf import plan
 from bstf.plan import NoiseScalePlan
 from bstf import data, finder, tuner
 from bstf.finder import find_batch_size
+from bstf import analysis, callbacks
