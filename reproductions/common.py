@@ -62,6 +62,8 @@ import json
 import math
 import numbers
 import os
+import shlex
+import sys
 import time
 
 from absl import app, flags, logging  # noqa: F401  (app re-exported for the scripts)
@@ -127,6 +129,7 @@ class Config:
         address, ``num_cpu_devices`` the CPU split for "mirrored".
       seeds: the seeds of the repeated runs.
       epochs: epoch budget.
+      command: the command line that made the config (recorded in results.md).
     """
 
     preset: str = "quick"
@@ -141,6 +144,7 @@ class Config:
     num_cpu_devices: int = None
     seeds: tuple = (0,)
     epochs: int = 10
+    command: str = None
 
     def __post_init__(self):
         if self.preset not in PRESET_NAMES:
@@ -166,7 +170,7 @@ class Config:
 _CONVERTERS = {"seeds": lambda n: tuple(range(n))}
 
 
-def config_from_flags(presets, converters=None, flag_values=FLAGS):
+def config_from_flags(presets, converters=None, flag_values=FLAGS, argv=None):
     """The preset's config (``presets[--preset]()``) with the given flags applied.
 
     Every config field whose flag of the same name was given on the command
@@ -174,6 +178,7 @@ def config_from_flags(presets, converters=None, flag_values=FLAGS):
     ``converters`` maps other field names to functions converting a flag value,
     e.g. a comma-separated list into a tuple of ints). Changing ``--dataset``
     drops the preset's ``dataset_kwargs`` (they belong to the preset's data set).
+    ``command`` records ``argv`` (default ``sys.argv``) as a shell command.
     """
     preset = flag_values["preset"].value
     if preset not in presets:
@@ -189,6 +194,8 @@ def config_from_flags(presets, converters=None, flag_values=FLAGS):
         changes[name] = conv[name](value) if name in conv else value
     if "dataset" in changes and changes["dataset"] != config.dataset and "dataset_kwargs" not in changes:
         changes["dataset_kwargs"] = {}
+    argv = sys.argv if argv is None else argv
+    changes["command"] = " ".join(["python", *(shlex.quote(a) for a in argv)])
     return dataclasses.replace(config, **changes)
 
 
@@ -385,7 +392,9 @@ def mean_std(values):
 def aggregate(trees):
     """(means, stds) of a list of nested dicts with the same structure and numeric leaves.
 
-    Used to average per-seed results. Lists of numbers are averaged element-wise.
+    Used to average per-seed results. Lists of numbers are averaged element-wise;
+    integers equal in every tree (batch sizes, update counts) stay integers;
+    other leaves (text) are taken from the first tree (std None).
     """
     if not trees:
         raise ValueError("aggregate needs at least one result.")
@@ -398,15 +407,21 @@ def aggregate(trees):
     if isinstance(first, (list, tuple)) and first and isinstance(first[0], numbers.Number):
         a = np.asarray(trees, dtype=np.float64)
         return a.mean(0).tolist(), (a.std(0, ddof=1) if len(trees) > 1 else np.zeros(a.shape[1])).tolist()
+    if isinstance(first, numbers.Integral) and not isinstance(first, bool) and all(t == first for t in trees):
+        return first, 0  # e.g. batch sizes, update counts: stay integers
     if isinstance(first, numbers.Number) and not isinstance(first, bool):
         return mean_std(trees)
     return first, None
 
 
 def pm(mean, std=None, digits=2, scale=1.0):
-    """"mean ± std" (or just the mean) as text; ``mean`` may also be a list of values."""
+    """"mean ± std" (or just the mean) as text.
+
+    ``mean`` may also be a list of per-seed values: mean ± sample std, or just
+    the value when there is one.
+    """
     if isinstance(mean, (list, tuple, np.ndarray)):
-        mean, std = mean_std(mean)
+        mean, std = mean_std(mean) if len(mean) > 1 else (float(mean[0]), None)
     if mean is None:
         return "—"
     text = f"{mean * scale:.{digits}f}"
@@ -495,13 +510,25 @@ def _save(fig, path):
     return path
 
 
-def plot_curves(path, curves, *, xlabel, ylabel, title=None, logx=False, logy=False, vlines=()):
-    """Line plot of ``{label: (x, y)}`` (or ``(x, y, style_kwargs)``); returns ``path``."""
+def plot_curves(path, curves, *, xlabel, ylabel, title=None, logx=False, logy=False, vlines=(),
+                right=None, right_ylabel=None):
+    """Line plot of ``{label: (x, y)}`` (or ``(x, y, style_kwargs)``); returns ``path``.
+
+    ``right`` holds further curves drawn against a second y axis labelled
+    ``right_ylabel`` (e.g. loss on the left, accuracy on the right).
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    handles = []
     for label, curve in curves.items():
         x, y, *style = curve
-        ax.plot(x, y, label=label, **(style[0] if style else {}))
+        handles += ax.plot(x, y, label=label, **(style[0] if style else {}))
+    if right:
+        ax2 = ax.twinx()
+        for label, curve in right.items():
+            x, y, *style = curve
+            handles += ax2.plot(x, y, label=label, **(style[0] if style else {}))
+        ax2.set_ylabel(right_ylabel or "")
     for v in vlines:
         ax.axvline(v, color="grey", lw=0.8, ls=":")
     ax.set_xlabel(xlabel)
@@ -513,7 +540,7 @@ def plot_curves(path, curves, *, xlabel, ylabel, title=None, logx=False, logy=Fa
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(handles=handles, labels=[h.get_label() for h in handles], fontsize=8)
     return _save(fig, path)
 
 

@@ -44,12 +44,15 @@ PAPER_DATA = {"F1": "tfds:mnist", "F2": None, "C1": "tfds:cifar10", "C2": "tfds:
               "C3": "tfds:cifar100", "C4": "tfds:cifar100"}
 
 
-def mlp(input_shape, num_classes, width, depth, name="mlp"):
-    """``depth`` × [Dense ``width``, BN, ReLU] → Dense ``num_classes`` (logits)."""
-    layers = [keras.Input(shape=tuple(input_shape)), keras.layers.Flatten()]
-    for _ in range(depth):
-        layers += [keras.layers.Dense(width), keras.layers.BatchNormalization(), keras.layers.ReLU()]
-    layers.append(keras.layers.Dense(num_classes))
+def mlp(input_shape, num_classes, width, depth, name="mlp", batch_norm=True):
+    """``depth`` × [Dense ``width``, BN, ReLU] → Dense ``num_classes`` (logits); no BN if ``batch_norm=False``."""
+    layers = [keras.Input(shape=tuple(input_shape)), keras.layers.Flatten(name="flatten")]
+    for i in range(1, depth + 1):  # fixed layer names: weight paths agree between models
+        layers.append(keras.layers.Dense(width, name=f"dense_{i}"))
+        if batch_norm:
+            layers.append(keras.layers.BatchNormalization(name=f"bn_{i}"))
+        layers.append(keras.layers.ReLU(name=f"relu_{i}"))
+    layers.append(keras.layers.Dense(num_classes, name="logits"))
     return keras.Sequential(layers, name=name)
 
 

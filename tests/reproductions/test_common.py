@@ -42,8 +42,10 @@ def parse():
 def test_config_from_flags_applies_only_given_flags(parse):
     fv = parse("--seeds=3", "--width=5", "--sizes=4,8", "--epochs=7")
     c = common.config_from_flags({"quick": _quick, "paper": _paper},
-                                 converters={"sizes": lambda v: tuple(int(x) for x in v)}, flag_values=fv)
+                                 converters={"sizes": lambda v: tuple(int(x) for x in v)}, flag_values=fv,
+                                 argv=["reproductions/x.py", "--seeds=3", "--dataset=npz:/my data.npz"])
     assert c.seeds == (0, 1, 2) and c.width == 5 and c.sizes == (4, 8) and c.epochs == 7
+    assert c.command == "python reproductions/x.py --seeds=3 '--dataset=npz:/my data.npz'"
     assert c.dataset == "mnist1d" and c.dataset_kwargs == {"num_samples": 1000}  # untouched preset fields
     assert c.preset == "quick"
 
@@ -91,11 +93,14 @@ def test_aggregate_mean_and_sample_std():
     assert means["curve"] == pytest.approx([2.0, 4.0]) and stds["curve"] == pytest.approx([np.sqrt(2), np.sqrt(8)])
     assert means["name"] == "a"
     assert common.mean_std([5.0]) == (5.0, 0.0)
+    means, stds = common.aggregate([{"updates": 125, "epochs": 3}, {"updates": 125, "epochs": 4}])
+    assert means == {"updates": 125, "epochs": 3.5} and isinstance(means["updates"], int)
 
 
 def test_tables():
     assert common.pm(0.98031, 0.0007, digits=2, scale=100) == "98.03 ± 0.07"
     assert common.pm([1.0, 3.0], digits=1) == "2.0 ± 1.4"
+    assert common.pm([97.123]) == "97.12"  # one seed: no spread to show
     table = common.comparison_table([("test acc (%)", [97.0, 99.0], 98.03), ("φ", 3.5, None, "note")])
     lines = table.splitlines()
     assert lines[0] == "| quantity | ours | paper | note |"
@@ -112,7 +117,8 @@ def test_write_results_plots_and_tensorboard(tmp_path):
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == res and on_disk["summary"]["x"] == 1.5 and on_disk["config"]["seeds"] == [0, 1]
     assert (tmp_path / "results.md").read_text() == "| a |\n"
-    png = common.plot_curves(str(tmp_path / "c.png"), {"a": ([0, 1], [1, 2])}, xlabel="x", ylabel="y")
+    png = common.plot_curves(str(tmp_path / "c.png"), {"a": ([0, 1], [1, 2])}, xlabel="x", ylabel="y",
+                             right={"b": ([0, 1], [50, 60], {"ls": "--"})}, right_ylabel="acc")
     common.plot_bars(str(tmp_path / "b.png"), {"g": {"s": (1.0, 0.1), "t": 2.0}}, ylabel="y", logy=True)
     common.plot_histograms(str(tmp_path / "h.png"), {"a": ([1, 2], [0.0, 0.5, 1.0])}, xlabel="g")
     for name in ("c.png", "b.png", "h.png"):
