@@ -12,6 +12,6 @@ from bstf import schedules
 from bstf.clock import Clock
 from bstf import plan
 from bstf.plan import NoiseScalePlan
-from bstf import data, finder, tuner
+from bstf import data, distribute, finder, optimizers, tuner
 from bstf.finder import find_batch_size
 from bstf import analysis, callbacks

@@ -1,0 +1,5 @@
+"""Optimizers for large batches: accumulation on any strategy, SGD with schedulable momentum, LARS, LAMB."""
+
+from keras.optimizers import Lamb
+
+from bstf.optimizers.accumulate import Accumulate
