@@ -15,3 +15,4 @@ from bstf.plan import NoiseScalePlan
 from bstf import data, distribute, finder, optimizers, tuner
 from bstf.finder import find_batch_size
 from bstf import analysis, callbacks
+from bstf import layers

@@ -3,3 +3,5 @@
 from keras.optimizers import Lamb
 
 from bstf.optimizers.accumulate import Accumulate
+from bstf.optimizers.lars import LARS
+from bstf.optimizers.sgd import SGD
