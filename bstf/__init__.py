@@ -12,7 +12,8 @@ from bstf import schedules
 from bstf.clock import Clock
 from bstf import plan
 from bstf.plan import NoiseScalePlan
-from bstf import data, distribute, finder, optimizers, tuner
+from bstf import data, distribute, finder, optimizers, training, tuner
+from bstf.training import fit
 from bstf.finder import find_batch_size
 from bstf import analysis, callbacks
 from bstf import layers
