@@ -1,0 +1,1 @@
+"""Tests of bstf.analysis (one file per module)."""

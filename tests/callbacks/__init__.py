@@ -1,0 +1,1 @@
+"""Tests of bstf.callbacks (one file per module)."""
