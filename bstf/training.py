@@ -268,17 +268,28 @@ def _resolve_strategy(strategy, model):
 
 
 # ============================================================================ data stream
-def _stream(dataset, train_size, seed, start_examples, shuffle, shuffle_buffer):
-    """Epochs of ``dataset`` (epoch e shuffled with seed (seed, e)) from example ``start_examples`` on."""
+def _epoch_seed(seed, epoch):
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] % (2**31 - 1)) + 1
+
+
+def _stream(dataset, train_size, seed, start_examples, end_examples, shuffle, shuffle_buffer):
+    """Examples ``start_examples`` to ``end_examples`` of the stream of epochs.
+
+    Epoch ``e`` is ``dataset`` shuffled with a Python-int seed derived from
+    ``(seed, e)`` (tensor seeds break when the global seed is 0), so any
+    epoch can be rebuilt without replaying the ones before it.
+    """
     first_epoch, offset = divmod(int(start_examples), train_size)
+    last_epoch = -(-int(end_examples) // train_size)  # exclusive
     buffer = min(shuffle_buffer or train_size, train_size)
-
-    def epoch(e):
-        if not shuffle:
-            return dataset
-        return dataset.shuffle(buffer, seed=seed * 1_000_003 + e, reshuffle_each_iteration=False)
-
-    stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
+    epochs = [dataset.shuffle(buffer, seed=_epoch_seed(seed, e), reshuffle_each_iteration=False) if shuffle
+              else dataset for e in range(first_epoch, last_epoch)]
+    if len(epochs) == 1:
+        stream = epochs[0]
+    else:  # flat concatenation: epoch i's examples in order, then epoch i + 1's
+        choice = tf.data.Dataset.range(len(epochs)).flat_map(
+            lambda i: tf.data.Dataset.from_tensors(i).repeat(train_size))
+        stream = tf.data.Dataset.choose_from_datasets(epochs, choice, stop_on_empty_dataset=True)
     return stream.skip(offset) if offset else stream
 
 
@@ -636,7 +647,7 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
                       f"{seg.batch_size} ({seg.accumulation} x {seg.physical_batch}), lr {lr0:.4g}, momentum "
                       f"{plan.momentum_value:g}, {seg.updates} updates")
         iterator = _distributed_iterator(
-            strategy, _stream(dataset, n, seed, examples, shuffle, shuffle_buffer), seg.physical_batch)
+            strategy, _stream(dataset, n, seed, examples, seg.end_examples, shuffle, shuffle_buffer), seg.physical_batch)
         train_function = model.make_train_function() or model.train_function
         t0 = time.perf_counter()
         last_bar = 0.0
