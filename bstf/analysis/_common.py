@@ -81,6 +81,19 @@ def as_dataset(data, name="data"):
     )
 
 
+def check_enough(ds, size, needed, what, name="data"):
+    """ValueError unless the dataset has at least ``needed`` examples (``what`` names the need).
+
+    ``size`` is the known size (or ``None``: then at most ``needed`` elements
+    are read to count them, so a filtered dataset is checked too).
+    """
+    if size is None:
+        size = int(ds.take(needed).reduce(np.int64(0), lambda count, _: count + 1))
+    if size < needed:
+        raise ValueError(f"{name} has {size} examples, fewer than {what}.")
+    return size
+
+
 def _length(a, name):
     leaves = tf.nest.flatten(a)
     if not leaves:

@@ -257,8 +257,7 @@ def noise_scale(model, data, small_batch=32, big_batch=512, num_batches=32, loss
     averager = NoiseScaleAverager(ema)
     seed = _common.check_int("seed", seed, minimum=0)
     ds, size = _common.as_dataset(data)
-    if size is not None and size < big_batch:
-        raise ValueError(f"data has {size} examples, fewer than big_batch={big_batch}.")
+    _common.check_enough(ds, size, big_batch, f"big_batch={big_batch}")
     buffer = size if size is not None and size <= 100_000 else 100_000
     stream = (ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
               .batch(big_batch, drop_remainder=True).take(num_batches))

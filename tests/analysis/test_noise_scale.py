@@ -66,6 +66,54 @@ def test_linear_regression_ground_truth():
     assert res2.b_simple == pytest.approx(res.b_simple, rel=1e-4)
 
 
+def _softmax_problem(n=20_000, d=10, k=4, seed=0):
+    """Softmax regression part-way to a noisy teacher (a non-quadratic loss)."""
+    rng = np.random.RandomState(seed)
+    x = rng.randn(n, d).astype("float32")
+    teacher = rng.randn(d, k)
+    y = np.argmax(x @ teacher + rng.gumbel(size=(n, k)), axis=1).astype("int64")
+    model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(k)])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.layers[0].kernel.assign((0.3 * teacher + 0.3 * rng.randn(d, k)).astype("float32"))
+    model.layers[0].bias.assign((0.2 * rng.randn(k)).astype("float32"))
+    return model, x, y
+
+
+def _per_example_gradients(model, x, y):
+    """NumPy float64 per-example gradients of the cross-entropy: x ⊗ (softmax(z) − onehot(y)), bias part."""
+    W, b = (v.numpy().astype(np.float64) for v in model.layers[0].weights)
+    z = x.astype(np.float64) @ W + b
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    r = p - np.eye(W.shape[1])[y]
+    return np.concatenate([(x[:, :, None] * r[:, None, :]).reshape(len(x), -1), r], axis=1)
+
+
+def test_softmax_regression_against_numpy_per_example_gradients():
+    model, x, y = _softmax_problem()
+    g = _per_example_gradients(model, x, y)
+    G = g.mean(axis=0)
+    g2, tr = G @ G, np.mean(np.sum((g - G) ** 2, axis=1))  # the data set is the population
+    assert 20 < tr / g2 < 100  # B_simple ≈ 42 at these weights
+    res = analysis.noise_scale(model, (x, y), small_batch=16, big_batch=512, num_batches=40, seed=2)
+    assert res.grad_norm_sq == pytest.approx(g2, rel=0.1)
+    assert res.trace_sigma == pytest.approx(tr, rel=0.1)
+    assert res.b_simple == pytest.approx(tr / g2, rel=0.1)
+    assert res.standard_error < 0.05 * tr / g2
+    # The summary is the NumPy ratio of the means of the per-pair estimates (plain mean by default) ...
+    s, b = res.g_small_sq, res.g_big_sq
+    g2_pairs, tr_pairs = (512 * b - 16 * s) / (512 - 16), (s - b) / (1 / 16 - 1 / 512)
+    np.testing.assert_allclose(res.grad_norm_sq_per_batch, g2_pairs, rtol=1e-12)
+    np.testing.assert_allclose(res.trace_sigma_per_batch, tr_pairs, rtol=1e-12)
+    assert res.b_simple == pytest.approx(tr_pairs.mean() / g2_pairs.mean(), rel=1e-12)
+    # ... or of their bias-corrected EMAs.
+    ema = analysis.noise_scale(model, (x, y), small_batch=16, big_batch=512, num_batches=40, seed=2, ema=0.9)
+    np.testing.assert_allclose(ema.g_small_sq, s, rtol=1e-6)
+    w = 0.1 * 0.9 ** np.arange(39, -1, -1)
+    assert ema.grad_norm_sq == pytest.approx(np.sum(w * g2_pairs) / np.sum(w), rel=1e-4)
+    assert ema.b_simple == pytest.approx(np.sum(w * tr_pairs) / np.sum(w * g2_pairs), rel=1e-4)
+
+
 @pytest.mark.parametrize("small,big", [(8, 32), (16, 50)])
 def test_gradient_pairs_match_numpy(small, big):
     model, x, y, _, _ = _regression(n=big)
@@ -106,6 +154,17 @@ def test_bad_input():
         analysis.noise_scale(model, (x, y), small_batch=32, big_batch=32, loss=half_mse)
     with pytest.raises(ValueError, match="data has 100 examples, fewer than big_batch=128"):
         analysis.noise_scale(model, (x, y), small_batch=8, big_batch=128, loss=half_mse)
+    unknown_size = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda *_: True)
+    with pytest.raises(ValueError, match="data has 100 examples, fewer than big_batch=128"):
+        analysis.noise_scale(model, unknown_size, small_batch=8, big_batch=128, loss=half_mse)
+    with pytest.raises(ValueError, match="data is an infinite tf.data.Dataset"):
+        analysis.noise_scale(model, tf.data.Dataset.from_tensor_slices((x, y)).repeat(), 8, 32, loss=half_mse)
+    with pytest.raises(ValueError, match="data: x has 100 examples but y has 99"):
+        analysis.noise_scale(model, (x, y[:99]), 8, 32, loss=half_mse)
+    with pytest.raises(ValueError, match="num_batches must be an integer >= 1, got 0"):
+        analysis.noise_scale(model, (x, y), 8, 32, loss=half_mse, num_batches=0)
+    with pytest.raises(TypeError, match="small_batch must be an integer >= 1, got 8.0"):
+        analysis.noise_scale(model, (x, y), 8.0, 32, loss=half_mse)
     with pytest.raises(ValueError, match="has no compiled loss"):
         analysis.noise_scale(model, (x, y), small_batch=8, big_batch=32)
     with pytest.raises(ValueError, match="loss reduction must average over the batch"):
