@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from bstf.analysis import _common
 from bstf.analysis.dynamics import BatchGradients, distance_from_init, trainable_weights
-from bstf.callbacks.noise_scale import as_writer
+from bstf.callbacks.noise_scale import as_writer, deserialize_loss, serialize_loss
 
 
 @keras.saving.register_keras_serializable(package="bstf")
@@ -29,7 +29,7 @@ class DistanceFromInit(keras.callbacks.Callback):
 
     def __init__(self, log_dir=None, per_layer=True, initial_weights=None):
         super().__init__()
-        self._log_dir = log_dir if isinstance(log_dir, str) or log_dir is None else None
+        self._log_dir = None if log_dir is None or isinstance(log_dir, tf.summary.SummaryWriter) else str(log_dir)
         self.writer = as_writer(log_dir)
         self.per_layer = bool(per_layer)
         if initial_weights is not None and not isinstance(initial_weights, dict):
@@ -64,7 +64,7 @@ class DistanceFromInit(keras.callbacks.Callback):
         self.writer.flush()
 
     def get_config(self):
-        """Scalar arguments (``initial_weights`` and a writer object are not included)."""
+        """The arguments except ``initial_weights`` (``log_dir`` only when it is a path, not a writer)."""
         return {"log_dir": self._log_dir, "per_layer": self.per_layer}
 
     @classmethod
@@ -111,7 +111,7 @@ class GradientHistogram(keras.callbacks.Callback):
         self.seed = _common.check_int("seed", seed, minimum=0)
         self.training = bool(training)
         self.loss = loss
-        self._log_dir = log_dir if isinstance(log_dir, str) or log_dir is None else None
+        self._log_dir = None if log_dir is None or isinstance(log_dir, tf.summary.SummaryWriter) else str(log_dir)
         self.writer = as_writer(log_dir)
         self.x, self.y = _common.as_arrays(data)
         if len(self.y) < self.batch_size:
@@ -157,7 +157,12 @@ class GradientHistogram(keras.callbacks.Callback):
         return float(np.mean(norms))
 
     def get_config(self):
-        """Scalar arguments; ``data`` (and ``loss``, a writer object) must be passed again."""
+        """The arguments except ``data`` (pass it again to :meth:`from_config`).
+
+        ``log_dir`` is kept when it is a path (a writer object is not); ``loss``
+        when it is a name or a Keras ``Loss`` object (a plain function is stored
+        as ``None``: pass it again).
+        """
         return {
             "batch_size": self.batch_size,
             "every_n_epochs": self.every_n_epochs,
@@ -166,10 +171,11 @@ class GradientHistogram(keras.callbacks.Callback):
             "buckets": self.buckets,
             "per_variable": self.per_variable,
             "seed": self.seed,
+            "loss": serialize_loss(self.loss),
             "training": self.training,
         }
 
     @classmethod
     def from_config(cls, config, **kwargs):
         """``from_config(config, data=...)``: the data is not part of the config."""
-        return cls(**{**config, **kwargs})
+        return cls(**{**deserialize_loss(dict(config)), **kwargs})

@@ -21,6 +21,22 @@ def as_writer(log_dir, name="log_dir"):
     raise TypeError(f"{name} must be None, a directory or a tf.summary.SummaryWriter, got {type(log_dir).__name__}.")
 
 
+def serialize_loss(loss):
+    """A loss for ``get_config``: names as is, Keras ``Loss`` objects serialized, anything else ``None``."""
+    if loss is None or isinstance(loss, str):
+        return loss
+    if isinstance(loss, keras.losses.Loss):
+        return keras.losses.serialize(loss)
+    return None  # a plain function: pass it again to from_config(config, loss=...)
+
+
+def deserialize_loss(config):
+    """Inverse of :func:`serialize_loss` on a config dict (in place)."""
+    if isinstance(config.get("loss"), dict):
+        config["loss"] = keras.losses.deserialize(config["loss"])
+    return config
+
+
 @keras.saving.register_keras_serializable(package="bstf")
 class NoiseScaleMonitor(keras.callbacks.Callback):
     """Measures McCandlish's B_simple every ``every_n_updates`` updates of ``model.fit``.
@@ -82,11 +98,10 @@ class NoiseScaleMonitor(keras.callbacks.Callback):
         self.seed = _common.check_int("seed", seed, minimum=0)
         self.training = bool(training)
         self.loss = loss
-        self._log_dir = log_dir if isinstance(log_dir, str) or log_dir is None else None
+        self._log_dir = None if log_dir is None or isinstance(log_dir, tf.summary.SummaryWriter) else str(log_dir)
         self.writer = as_writer(log_dir)
         ds, size = _common.as_dataset(data)
-        if size is not None and size < self.big_batch:
-            raise ValueError(f"data has {size} examples, fewer than big_batch={self.big_batch}.")
+        _common.check_enough(ds, size, self.big_batch, f"big_batch={self.big_batch}")
         buffer = size if size is not None and size <= 100_000 else 100_000
         self._dataset = (ds.shuffle(buffer, seed=self.seed, reshuffle_each_iteration=True).repeat()
                          .batch(self.big_batch, drop_remainder=True))
@@ -159,18 +174,24 @@ class NoiseScaleMonitor(keras.callbacks.Callback):
         return float(self.averager.b_simple)
 
     def get_config(self):
-        """Scalar arguments; ``data``, ``clock``, ``loss`` and a writer object must be passed again."""
+        """The arguments except ``data`` and ``clock`` (pass them again to :meth:`from_config`).
+
+        ``log_dir`` is kept when it is a path (a writer object is not); ``loss``
+        when it is a name or a Keras ``Loss`` object (a plain function is stored
+        as ``None``: pass it again).
+        """
         return {
             "every_n_updates": self.every_n_updates,
             "small_batch": self.small_batch,
             "big_batch": self.big_batch,
             "ema": self.ema,
             "log_dir": self._log_dir,
+            "loss": serialize_loss(self.loss),
             "seed": self.seed,
             "training": self.training,
         }
 
     @classmethod
     def from_config(cls, config, **kwargs):
-        """``from_config(config, data=...)``: the data is not part of the config."""
-        return cls(**{**config, **kwargs})
+        """``from_config(config, data=..., clock=...)``: the data and clock are not part of the config."""
+        return cls(**{**deserialize_loss(dict(config)), **kwargs})

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -66,11 +68,43 @@ def test_gradient_histogram_writes_histograms(tmp_path):
     assert GradientHistogram.from_config(config, data=(x, y)).get_config() == config
 
 
+def test_config_round_trips(tmp_path):
+    _, x, y = _setup()
+    distance = DistanceFromInit(log_dir=tmp_path, per_layer=False)
+    assert distance.get_config() == {"log_dir": str(tmp_path), "per_layer": False}
+    # Needs no data: a full Keras round trip through JSON and the "bstf>" registry.
+    restored = keras.saving.deserialize_keras_object(
+        json.loads(json.dumps(keras.saving.serialize_keras_object(distance))))
+    assert isinstance(restored, DistanceFromInit) and restored.get_config() == distance.get_config()
+    histogram = GradientHistogram((x, y), batch_size=8, every_n_epochs=3, log_dir=str(tmp_path), trials=2,
+                                  buckets=7, per_variable=False, seed=4, loss="sparse_categorical_crossentropy",
+                                  training=False)
+    config = histogram.get_config()
+    assert config == {"batch_size": 8, "every_n_epochs": 3, "log_dir": str(tmp_path), "trials": 2, "buckets": 7,
+                      "per_variable": False, "seed": 4, "loss": "sparse_categorical_crossentropy",
+                      "training": False}
+    serialized = json.loads(json.dumps(keras.saving.serialize_keras_object(histogram)))
+    assert serialized["registered_name"] == "bstf>GradientHistogram"
+    cls = keras.saving.get_registered_object(serialized["registered_name"])
+    assert cls.from_config(serialized["config"], data=(x, y)).get_config() == config
+
+
 def test_bad_input():
     _, x, y = _setup()
     with pytest.raises(ValueError, match="data has 128 examples, fewer than batch_size=256"):
         GradientHistogram((x, y), batch_size=256)
     with pytest.raises(ValueError, match="every_n_epochs must be an integer >= 1, got 0"):
         GradientHistogram((x, y), every_n_epochs=0)
+    with pytest.raises(ValueError, match="trials must be an integer >= 1, got 0"):
+        GradientHistogram((x, y), trials=0)
     with pytest.raises(TypeError, match="log_dir must be None, a directory or a tf.summary.SummaryWriter"):
         DistanceFromInit(log_dir=3)
+    with pytest.raises(TypeError, match=r"initial_weights must be a dict \{variable path: array\} or None"):
+        DistanceFromInit(initial_weights=[np.zeros(2)])
+    # Weights of the wrong shape for the model: named in the error at the first epoch end.
+    model, _, _ = _setup()
+    bad = {v.path: np.zeros(v.shape) for v in model.trainable_variables}
+    bad["net/hidden/kernel"] = np.zeros((3, 5))
+    with pytest.raises(ValueError, match=r"weight 'net/hidden/kernel' has shape \(4, 5\) but its initial value "
+                                         r"has shape \(3, 5\)"):
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[DistanceFromInit(initial_weights=bad)])

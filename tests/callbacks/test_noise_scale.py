@@ -1,10 +1,10 @@
-import collections
-import pathlib
+import json
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import keras
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import bstf
 from bstf import analysis
@@ -12,13 +12,11 @@ from bstf.callbacks import NoiseScaleMonitor
 
 
 def read_events(log_dir):
-    """{tag: [(step, value)]} from every event file under log_dir (tf.compat.v1 summary_iterator)."""
-    out = collections.defaultdict(list)
-    for path in sorted(pathlib.Path(log_dir).rglob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for v in event.summary.value:
-                out[v.tag].append((event.step, float(tf.make_ndarray(v.tensor))))
-    return out
+    """{tag: [(step, value)]} read back with TensorBoard's own event reader."""
+    acc = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    return {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+            for tag in acc.Tags()["tensors"]}
 
 
 def _data(n=512):
@@ -86,18 +84,70 @@ def test_measure_agrees_with_analysis_function():
     assert monitor.b_simple == pytest.approx(ref.b_simple, rel=1e-5)
 
 
-def test_config_round_trip_and_bad_input(tmp_path):
+def test_config_round_trip(tmp_path):
     x, y = _data()
-    monitor = NoiseScaleMonitor((x, y), every_n_updates=7, big_batch=128, ema=0.8, log_dir=str(tmp_path), seed=3)
+    monitor = NoiseScaleMonitor((x, y), every_n_updates=7, big_batch=128, ema=0.8, log_dir=tmp_path, seed=3,
+                                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), training=False)
     config = monitor.get_config()
-    assert config == {"every_n_updates": 7, "small_batch": 16, "big_batch": 128, "ema": 0.8,
-                      "log_dir": str(tmp_path), "seed": 3, "training": True}
-    assert NoiseScaleMonitor.from_config(config, data=(x, y)).get_config() == config
+    assert config["log_dir"] == str(tmp_path)
+    assert {k: v for k, v in config.items() if k != "loss"} == {
+        "every_n_updates": 7, "small_batch": 16, "big_batch": 128, "ema": 0.8, "log_dir": str(tmp_path),
+        "seed": 3, "training": False}
+    # Through Keras' serialization (JSON and the "bstf>" registry); the data is passed again.
+    serialized = json.loads(json.dumps(keras.saving.serialize_keras_object(monitor)))
+    assert serialized["registered_name"] == "bstf>NoiseScaleMonitor"
+    cls = keras.saving.get_registered_object(serialized["registered_name"])
+    restored = cls.from_config(serialized["config"], data=(x, y))
+    assert isinstance(restored.loss, keras.losses.SparseCategoricalCrossentropy) and restored.loss.from_logits
+    assert restored.get_config() == config
+    # A loss given by name survives; a plain function is not serialized (None) and must be passed again.
+    assert NoiseScaleMonitor((x, y), loss="mse").get_config()["loss"] == "mse"
+    plain = NoiseScaleMonitor((x, y), loss=lambda a, b: tf.reduce_mean(b)).get_config()
+    assert plain["loss"] is None and plain["log_dir"] is None
+
+
+def test_under_mirrored_strategy_matches_single_device():
+    if len(tf.config.list_logical_devices("CPU")) < 2:
+        pytest.skip("needs the 2 logical CPUs of tests/conftest.py")
+    x, y = _data()
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+        mirrored = _model()
+    monitor = NoiseScaleMonitor((x, y), every_n_updates=4, big_batch=64, small_batch=8, ema=None)
+    mirrored.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False, callbacks=[monitor])
+    assert monitor.history["updates"] == [1, 5, 9, 13]
+    single = _model()
+    single.set_weights(mirrored.get_weights())
+    single.optimizer.build(single.trainable_variables)
+    a = NoiseScaleMonitor((x, y), big_batch=64, small_batch=8, training=False, seed=5)
+    b = NoiseScaleMonitor((x, y), big_batch=64, small_batch=8, training=False, seed=5)
+    a.set_model(mirrored)
+    b.set_model(single)
+    a.measure(0)
+    b.measure(0)
+    np.testing.assert_allclose(a.history["g_small_sq"], b.history["g_small_sq"], rtol=1e-4)
+    np.testing.assert_allclose(a.history["g_big_sq"], b.history["g_big_sq"], rtol=1e-4)
+
+
+def test_bad_input():
+    x, y = _data()
     with pytest.raises(ValueError, match=r"small_batch \(64\) must be smaller than big_batch \(64\)"):
         NoiseScaleMonitor((x, y), small_batch=64, big_batch=64)
     with pytest.raises(ValueError, match="data has 512 examples, fewer than big_batch=1024"):
         NoiseScaleMonitor((x, y), big_batch=1024)
+    unknown_size = tf.data.Dataset.from_tensor_slices((x[:100], y[:100])).filter(lambda *_: True)
+    with pytest.raises(ValueError, match="data has 100 examples, fewer than big_batch=256"):
+        NoiseScaleMonitor(unknown_size, big_batch=256)
     with pytest.raises(ValueError, match="every_n_updates must be an integer >= 1, got 0"):
         NoiseScaleMonitor((x, y), every_n_updates=0)
+    with pytest.raises(ValueError, match=r"ema must be in \[0.0, 1.0\), got 1.5"):
+        NoiseScaleMonitor((x, y), ema=1.5)
     with pytest.raises(TypeError, match="clock must be a bstf.Clock"):
         NoiseScaleMonitor((x, y), clock=5)
+    with pytest.raises(TypeError, match="log_dir must be None, a directory or a tf.summary.SummaryWriter"):
+        NoiseScaleMonitor((x, y), log_dir=3)
+    with pytest.raises(TypeError, match="data must be a bstf.data.Data"):
+        NoiseScaleMonitor(x)
+    frozen = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, trainable=False)])
+    frozen.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="has no trainable weights"):
+        frozen.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[NoiseScaleMonitor((x, y), big_batch=64)])
