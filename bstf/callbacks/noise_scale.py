@@ -8,6 +8,7 @@ import tensorflow as tf
 from bstf.analysis import _common
 from bstf.analysis.noise_scale import GradientNormPairs, NoiseScaleAverager, estimate_noise_scale
 from bstf.clock import Clock
+from bstf.optimizers import Accumulate
 
 TAGS = ("b_simple", "grad_norm_sq", "trace_sigma")
 
@@ -19,6 +20,13 @@ def as_writer(log_dir, name="log_dir"):
     if isinstance(log_dir, str) or hasattr(log_dir, "__fspath__"):
         return tf.summary.create_file_writer(str(log_dir))
     raise TypeError(f"{name} must be None, a directory or a tf.summary.SummaryWriter, got {type(log_dir).__name__}.")
+
+
+def update_count(optimizer):
+    """Parameter updates applied so far: ``optimizer.iterations``, but for :class:`bstf.optimizers.Accumulate`
+    (whose ``iterations`` counts micro-steps) the inner optimizer's count, ``updates``."""
+    counter = optimizer.updates if isinstance(optimizer, Accumulate) else optimizer.iterations
+    return int(counter.numpy())
 
 
 def serialize_loss(loss):
@@ -118,7 +126,7 @@ class NoiseScaleMonitor(keras.callbacks.Callback):
             self._iterator = iter(self._dataset)
 
     def on_train_batch_end(self, batch, logs=None):
-        updates = int(self.model.optimizer.iterations.numpy())
+        updates = update_count(self.model.optimizer)
         if self._last is not None and updates < self._last + self.every_n_updates:
             return
         self._last = updates
@@ -150,7 +158,7 @@ class NoiseScaleMonitor(keras.callbacks.Callback):
         raw = estimate_noise_scale(g_small_sq, g_big_sq, self.small_batch, self.big_batch)
         est = self.averager.update(raw.grad_norm_sq, raw.trace_sigma)
         if updates is None:
-            updates = int(self.model.optimizer.iterations.numpy())
+            updates = update_count(self.model.optimizer)
         examples = int(self.clock.numpy()[0]) if self.clock is not None else None
         h = self.history
         h["updates"].append(updates)

@@ -84,6 +84,19 @@ def test_measure_agrees_with_analysis_function():
     assert monitor.b_simple == pytest.approx(ref.b_simple, rel=1e-5)
 
 
+def test_counts_parameter_updates_under_bstf_fit_with_accumulation():
+    x, y = _data(256)
+    model = _model()
+    plan = bstf.NoiseScalePlan(train_size=256, base_lr=0.05, base_batch=32, base_momentum=0.0)
+    monitor = NoiseScaleMonitor((x, y), every_n_updates=3, big_batch=64, small_batch=8)
+    history = bstf.fit(model, tf.data.Dataset.from_tensor_slices((x, y)), plan, 2, max_physical_batch=16,
+                       callbacks=[monitor], verbose=0, seed=0)
+    # 8 updates of 32 per epoch, each accumulated from 2 micro-batches of 16: the interval and the logged
+    # step are parameter updates (Accumulate.updates), not micro-steps (Accumulate.iterations, 2 per update).
+    assert monitor.history["updates"] == [1, 4, 7, 10, 13, 16]
+    assert history.history["b_simple"][-1] == pytest.approx(monitor.b_simple)
+
+
 def test_config_round_trip(tmp_path):
     x, y = _data()
     monitor = NoiseScaleMonitor((x, y), every_n_updates=7, big_batch=128, ema=0.8, log_dir=tmp_path, seed=3,
