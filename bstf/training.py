@@ -39,6 +39,7 @@ import os
 import sys
 import tempfile
 import time
+import weakref
 
 import keras
 import numpy as np
@@ -53,6 +54,7 @@ from bstf.plan import NoiseScalePlan
 __all__ = ["fit", "Segment", "physical_batch", "segments"]
 
 _RUN_FILE = "run.json"
+_CACHE = weakref.WeakKeyDictionary()  # model -> the clock, Accumulate and traced step of its last bstf.fit
 _CKPT_PREFIX = "ckpt"
 
 
@@ -473,8 +475,25 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
     record["seed"] = seed
 
     # ---------------------------------------------------------------- state
-    with strategy.scope():
-        clock = Clock(plan.train_size)
+    accumulate = any(s.accumulation > 1 for s in segs)
+    ks = None
+    if accumulate:
+        ks = [b // physical_batch(b, max_physical_batch, replicas) for b in plan.batch_size.values]
+    # A later bstf.fit of the same model, optimizer and plan reuses the clock and the traced step (as
+    # model.fit reuses its train_function): the trace captured the clock and the plan's constants.
+    key = (id(optimizer), id(strategy), json.dumps(plan.get_config(), sort_keys=True), ks, momentum_follows)
+    cache = _CACHE.get(model)
+    if cache is not None and cache["key"] == key and model.optimizer is optimizer:
+        clock, wrapper, train_function = cache["clock"], cache["wrapper"], cache["train_function"]
+        clock.reset(0)
+    else:
+        with strategy.scope():
+            clock = Clock(plan.train_size)
+        wrapper, train_function = None, None
+        if accumulate:
+            steps = schedules.PiecewiseConstant(plan.milestones, ks) if len(set(ks)) > 1 else ks[0]
+            with strategy.scope():
+                wrapper = Accumulate(optimizer, steps, clock=clock)
     plan.bind(clock)
     original_lr = optimizer._learning_rate
     original_momentum = getattr(optimizer, "momentum", None)
@@ -484,29 +503,25 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
     optimizer._learning_rate = plan.learning_rate
     if momentum_follows:
         optimizer.momentum = plan.momentum
-    accumulate = any(s.accumulation > 1 for s in segs)
-    if accumulate:
-        ks = [plan.batch_size.values[i] // physical_batch(b, max_physical_batch, replicas)
-              for i, b in enumerate(plan.batch_size.values)]
-        steps = schedules.PiecewiseConstant(plan.milestones, ks) if len(set(ks)) > 1 else ks[0]
-        with strategy.scope():
-            model.optimizer = Accumulate(optimizer, steps, clock=clock)
-    model.train_function = None
+    if wrapper is not None:
+        model.optimizer = wrapper
+    model.train_function = train_function
     try:
         return _train(
             model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_dataset, seed, shuffle,
             shuffle_buffer, validation_batch_size, callbacks, logdir, checkpoint_dir, checkpoint_every_n_updates,
             log_every_n_updates, verbose, chief, record, saved, max_physical_batch, momentum_follows)
     finally:
+        _CACHE[model] = {"key": key, "clock": clock, "wrapper": wrapper, "train_function": model.train_function}
         final_lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         optimizer._learning_rate = original_lr
         if isinstance(original_lr, keras.Variable):
             original_lr.assign(final_lr)
         if momentum_follows:
             optimizer.momentum = original_momentum
-        if accumulate:
-            model.optimizer = optimizer
-        model.train_function = None if accumulate else original_train_function
+        model.optimizer = optimizer
+        # model.fit must not run bstf's step (it reads the run's clock): give Keras its own function back.
+        model.train_function = None if wrapper is not None else original_train_function
 
 
 def _build(model, strategy, batch_spec):
@@ -651,6 +666,7 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
         train_function = model.make_train_function() or model.train_function
         t0 = time.perf_counter()
         last_bar = 0.0
+        advance = tf.constant(seg.batch_size, tf.int64)  # one eager op per update: assign_add(constant)
         for _ in range(seg.updates - done):
             cb.on_train_batch_begin(updates)
             log_now = board.enabled and (updates + 1) % log_every_n_updates == 0
@@ -667,7 +683,7 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
                     "noise_scale": n * used["learning_rate"] / (seg.batch_size * (1 - used["momentum"])),
                     "epoch": examples / n, "updates": updates + 1, "examples_seen": examples,
                     "batch_loss": _scalar(logs["loss"])}, examples)
-            clock.advance(seg.batch_size)
+            clock.examples.assign_add(advance, read_value=False)
             examples += seg.batch_size
             updates += 1
             phase["updates"] += 1

@@ -135,6 +135,13 @@ def test_retrace_once_per_distinct_physical_shape():
     CountingModel.traces = 0
     bstf.fit(_model(cls=CountingModel), DATA, plan, 3, seed=0, verbose=0, max_physical_batch=8)
     assert CountingModel.traces == 1  # batches 8, 16, 32 all run as k x 8: one shape, k from the clock
+    model = _model(cls=CountingModel)
+    CountingModel.traces = 0
+    for _ in range(2):  # a second bstf.fit of the same model and plan reuses the traced step, like model.fit
+        bstf.fit(model, DATA, plan, 1, seed=0, verbose=0, max_physical_batch=8)
+    assert CountingModel.traces == 1
+    model.fit(X, Y, batch_size=8, epochs=1, verbose=0)  # ... while model.fit traces its own (the plain LR)
+    assert CountingModel.traces == 2
     CountingModel.traces = 0
     bstf.fit(_model(cls=CountingModel), DATA, _plan(milestones=[1]), 2, seed=0, verbose=0)
     assert CountingModel.traces == 2  # physical batches 8 and 16
