@@ -63,7 +63,9 @@ def distance_from_init(initial_weights, weights):
     Args:
       initial_weights, weights: both models (their trainable weights), dicts
         ``{variable path: array}`` (e.g. :func:`trainable_weights`), or lists of
-        arrays in the same order. With paths, weights are grouped into layers by
+        arrays in the same order. Two models whose variable paths differ (auto-
+        generated layer names) are matched in ``trainable_variables`` order and
+        named by ``weights``' paths. With paths, weights are grouped into layers by
         the path without its last component (``"seq/dense/kernel"`` and
         ``"seq/dense/bias"`` form layer ``"seq/dense"``); with lists every array
         is its own entry ``"weight_<i>"``.
@@ -74,6 +76,9 @@ def distance_from_init(initial_weights, weights):
     """
     a = _as_named(initial_weights, "initial_weights")
     b = _as_named(weights, "weights")
+    both_models = all(hasattr(w, "trainable_variables") for w in (initial_weights, weights))
+    if both_models and set(a) != set(b) and len(a) == len(b):
+        a = dict(zip(b, a.values()))  # two models of one architecture, named apart: matched in order
     if set(a) != set(b):
         missing, extra = sorted(set(a) - set(b)), sorted(set(b) - set(a))
         raise ValueError(f"weights do not match initial_weights: missing {missing}, unexpected {extra}.")

@@ -29,6 +29,15 @@ def test_distance_from_init_of_models():
     d = analysis.distance_from_init(w0, a)
     assert d.total == pytest.approx(np.sqrt(6.0), rel=1e-6)
     assert list(d.per_layer) == ["net/d"]
+    # Another model of the same architecture with auto-generated names: matched in order, named by `weights`.
+    b = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    b.set_weights(a.get_weights())
+    b.layers[0].bias.assign([3.0, 4.0])
+    d2 = analysis.distance_from_init(a, b)
+    assert d2.total == pytest.approx(5.0) and list(d2.per_layer) == [b.layers[0].kernel.path.rsplit("/", 1)[0]]
+    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match=r"has shape \(3, 2\) but its initial value has shape \(3, 3\)"):
+        analysis.distance_from_init(other, a)
 
 
 def test_distance_bad_input():
