@@ -169,7 +169,7 @@ def test_accumulated_micro_batches_equal_one_big_batch():
 def test_runs_under_mirrored_like_single_device(make):
     single = _model(make())
     single.fit(X, Y, batch_size=32, epochs=1, shuffle=False, verbose=0)
-    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()).scope():
         mirrored = _model(make())
     mirrored.fit(X, Y, batch_size=32, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(single.get_weights(), mirrored.get_weights()):

@@ -140,7 +140,10 @@ def test_supports_momentum_schedule_contract():
 
 
 def test_fit_matches_keras_sgd_under_mirrored():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # ReductionToOneDevice, not collectives: a later MirroredStrategy in the same process reuses
+    # collective group/instance keys and fails with "Shape mismatch in the collective instance"
+    # when its model has other shapes.
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
     weights = []
     for make in (lambda: SGD(0.1, momentum=0.9, nesterov=True), lambda: keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)):
         with strategy.scope():
