@@ -524,6 +524,40 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
         model.train_function = None if wrapper is not None else original_train_function
 
 
+def _multi_worker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or (
+        strategy.extended._in_multi_worker_mode() and not isinstance(strategy, tf.distribute.TPUStrategy))
+
+
+def _multi_worker_step(model, strategy, method):
+    """model.train_step/test_step on one distributed batch, outputs averaged over replicas.
+
+    Keras 3.15's own train/test functions fail under MultiWorkerMirroredStrategy: they reduce scalar
+    outputs with ``strategy.reduce("MEAN", v, axis=0)``. The step is the same otherwise.
+    """
+    step_fn = getattr(model, method)
+
+    @tf.function(reduce_retracing=True)
+    def step(data):
+        outputs = strategy.run(step_fn, args=(data,))
+        return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), outputs)
+
+    return step
+
+
+def _evaluate(model, strategy, dataset):
+    """``model.evaluate`` (its own loop under multi-worker strategies, where Keras's fails)."""
+    if not _multi_worker(strategy):
+        return model.evaluate(dataset, verbose=0, return_dict=True)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    step = _multi_worker_step(model, strategy, "test_step")
+    model.reset_metrics()
+    for batch in strategy.experimental_distribute_dataset(dataset.with_options(options)):
+        step(batch)
+    return {k: _scalar(v) for k, v in model.get_metrics_result().items()}
+
+
 def _build(model, strategy, batch_spec):
     """Creates the model's, metrics' and optimizer's variables before the first trace."""
     with strategy.scope():
@@ -609,7 +643,7 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
     def end_epoch(e, logs, seg):
         epoch_logs = {k: _scalar(v) for k, v in model.get_metrics_result().items()} if logs else {}
         if val_dataset is not None:
-            val = model.evaluate(val_dataset.batch(validation_batch_size), verbose=0, return_dict=True)
+            val = _evaluate(model, strategy, val_dataset.batch(validation_batch_size))
             epoch_logs.update({f"val_{k}": float(v) for k, v in val.items()})
         metrics_only = dict(epoch_logs)
         epoch_logs.update({
@@ -663,6 +697,9 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
                       f"{plan.momentum_value:g}, {seg.updates} updates")
         iterator = _distributed_iterator(
             strategy, _stream(dataset, n, seed, examples, seg.end_examples, shuffle, shuffle_buffer), seg.physical_batch)
+        if model.train_function is None and _multi_worker(strategy):
+            step = _multi_worker_step(model, strategy, "train_step")
+            model.train_function = lambda it: step(next(it))
         train_function = model.make_train_function() or model.train_function
         t0 = time.perf_counter()
         last_bar = 0.0
