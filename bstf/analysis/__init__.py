@@ -8,7 +8,7 @@
 * Top Hessian eigenvalue by power iteration: :func:`hessian_top_eigenvalue`, :func:`top_eigenvalue_of`.
 * Training dynamics (Shen): :func:`distance_from_init`, :func:`gradient_histogram`.
 
-The matching callbacks are in :mod:`bstf.callbacks`. See docs/measurement.md.
+The matching callbacks are in :mod:`bstf.callbacks`. See docs/analysis.md.
 """
 
 from bstf.analysis.adaptive import AdaptiveBatch
