@@ -636,7 +636,9 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
             model.reset_metrics()
         cb.on_epoch_begin(e)
         if verbose == 1 and chief:
-            print(f"Epoch {e + 1}/{math.ceil(epochs)}")
+            seg = next((s for s in segs if s.end_examples > examples), segs[-1])
+            print(f"Epoch {e + 1}/{math.ceil(epochs)} - phase {seg.index} - batch {seg.batch_size}"
+                  + (f" ({seg.accumulation} x {seg.physical_batch})" if seg.accumulation > 1 else ""))
             progbar = keras.utils.Progbar(int(epoch_end(e) - e * n), verbose=1, unit_name="example",
                                           stateful_metrics=["lr"])
 
