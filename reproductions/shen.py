@@ -1,0 +1,590 @@
+r"""Kevin Shen, "Effect of batch size on training dynamics": what a bigger batch changes, measured.
+
+One model and data set, batch sizes from 32 up (``--batch_sizes``), plain SGD:
+
+1. **Fixed epoch budget** — test accuracy after every epoch for each batch
+   size, with the LR fixed at ``base_lr`` (0.01) and with the LR scaled
+   linearly from 0.01 at batch 32 (``bstf.schedules.scaled_learning_rate``).
+2. **Control** — the largest batch (``control_batches``) trained for as many
+   *updates* as the smallest batch makes in the budget (``plan.total_updates``
+   counts them as ``bstf.fit`` does): if it still falls short, the small
+   batch's advantage is not just "more updates".
+3. **Distance from the initial weights** — ‖w − w₀‖ in total and per layer
+   (``bstf.analysis.distance_from_init``), with fixed and scaled LR.
+4. **Best LR per batch size** — a small LR sweep (``lr_grid``) scored on a
+   held-out part of the training set (first seed only).
+5. **Gradients** — raw gradient values of batches of the smallest and the
+   largest size at the same (initial) weights, pooled over many trials into
+   shared bins, and the distribution of gradient norms
+   (``bstf.analysis.gradient_histogram``).
+6. **Accumulation vs the true batch** — the same effective batch trained
+   with the true batch and with micro-batches accumulated
+   (``bstf.fit(..., max_physical_batch=...)``); train/test accuracy compared.
+
+Outputs in ``--workdir``: ``results.json`` (summary keyed by batch size with
+``test_accuracy``, ``distance_from_init`` and ``best_lr``), ``results.md``,
+PNGs and TensorBoard logs of every run under ``tensorboard/``.
+
+Run::
+
+    python reproductions/shen.py --workdir=/tmp/shen                       # quick preset, CPU
+    python reproductions/shen.py --preset=paper --data_dir=$HOME/tensorflow_datasets --workdir=/tmp/shen_mnist
+
+See docs/reproductions/shen.md.
+"""
+
+import dataclasses
+import math
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import bstf  # noqa: E402
+import bstf.analysis  # noqa: E402
+from bstf.schedules import scaled_learning_rate  # noqa: E402
+from reproductions import common, networks  # noqa: E402
+
+if "batch_sizes" not in flags.FLAGS:  # module reloaded (tests): the flags exist already
+    flags.DEFINE_list("batch_sizes", None,
+                      "Batch sizes to compare, e.g. 32,64,128,256,512,1024 (default: the preset's).")
+    flags.DEFINE_float("base_lr", None, "LR at --base_batch (default: the preset's, 0.01).")
+    flags.DEFINE_integer("base_batch", None, "Batch size of --base_lr (default 32).")
+
+# Shen's observations (blog post), as the table's reference column.
+SHEN = {
+    "best_lr_smallest": 0.01,
+    "best_lr_larger": 0.08,
+    "claims": {
+        "accuracy": "at equal epochs, larger batches reach lower test accuracy (fixed LR)",
+        "control": "trained for the same number of updates, the large batch still does not catch up",
+        "distance": "larger batches end closer to the initial weights at equal epochs (fixed LR)",
+        "distance_scaled": "with the LR scaled linearly, larger batches move further from the initial weights",
+        "gradients": "small-batch gradients are more spread out (noisier) than large-batch gradients",
+        "accumulation": "gradient accumulation matches the true batch of the same effective size",
+    },
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ShenConfig(common.Config):
+    """Configuration of the Shen study (fields beyond :class:`common.Config`).
+
+    Attributes:
+      batch_sizes: the batch sizes compared (increasing).
+      base_lr, base_batch: LR 0.01 at batch 32; the scaled runs use
+        ``scaled_learning_rate(base_lr, base_batch, batch, "linear")``.
+      momentum: SGD momentum (0: plain SGD).
+      network: ``"mlp"`` (``depth`` × [Dense ``width``, ReLU], no BN, so that
+        accumulation is exact) or a :data:`reproductions.networks.NAMES` entry.
+      control_batches: batch sizes given a run with as many updates as the
+        smallest batch (default: the largest).
+      lr_grid: the LRs of the sweep; ``sweep_epochs`` its epochs (default
+        ``epochs``); ``validation_fraction`` of the training set scores it.
+      histogram_batches: batch sizes of the gradient histograms (default:
+        smallest and largest); ``histogram_trials`` random batches each,
+        ``histogram_bins`` shared bins.
+      accumulation_batch, accumulation_micro_batch: effective batch and
+        physical micro-batch of the accumulation comparison (default: the
+        largest and the smallest batch size); its LR is the scaled LR.
+      eval_batch: batch size of evaluation passes.
+      fit_logs: ``bstf.fit``'s TensorBoard logs (per update, per epoch, the
+        plan's PNG) for the study's runs; False writes only per-epoch scalars
+        (a few seconds faster per run). LR-sweep runs always write only those.
+    """
+
+    batch_sizes: tuple = (32, 64, 128, 256, 512, 1024)
+    base_lr: float = 0.01
+    base_batch: int = 32
+    momentum: float = 0.0
+    network: str = "mlp"
+    width: int = 128
+    depth: int = 2
+    control_batches: tuple = None
+    lr_grid: tuple = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
+    sweep_epochs: int = None
+    validation_fraction: float = 0.1
+    histogram_batches: tuple = None
+    histogram_trials: int = 1000
+    histogram_bins: int = 100
+    accumulation_batch: int = None
+    accumulation_micro_batch: int = None
+    eval_batch: int = 1024
+    fit_logs: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        sizes = tuple(self.batch_sizes)
+        for b in sizes:
+            common._check_int("batch_sizes", b)
+        if len(sizes) < 2 or list(sizes) != sorted(set(sizes)):
+            raise ValueError(f"batch_sizes must be at least 2 strictly increasing integers, got {self.batch_sizes!r}.")
+        object.__setattr__(self, "batch_sizes", sizes)
+        if not self.base_lr > 0:
+            raise ValueError(f"base_lr must be > 0, got {self.base_lr}.")
+        common._check_int("base_batch", self.base_batch)
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}.")
+        if self.network != "mlp" and self.network not in networks.NAMES:
+            raise ValueError(f"network must be 'mlp' or one of {networks.NAMES}, got {self.network!r}.")
+        for name, values in (("control_batches", self.controls), ("histogram_batches", self.histogram_sizes)):
+            for b in values:
+                common._check_int(name, b)
+        if any(b not in sizes or b == sizes[0] for b in self.controls):
+            raise ValueError(f"control_batches must be batch sizes larger than the smallest, got {self.controls!r}.")
+        if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
+            raise ValueError(f"lr_grid must be a non-empty tuple of LRs > 0, got {self.lr_grid!r}.")
+        object.__setattr__(self, "lr_grid", tuple(float(lr) for lr in self.lr_grid))
+        common._check_int("sweep_epochs", self.sweep_epochs, optional=True)
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}.")
+        common._check_int("histogram_trials", self.histogram_trials)
+        common._check_int("histogram_bins", self.histogram_bins)
+        big, micro = self.accumulation
+        common._check_int("accumulation_batch", big)
+        common._check_int("accumulation_micro_batch", micro)
+        if big % micro or big == micro:
+            raise ValueError(f"accumulation_batch ({big}) must be a multiple > 1 of accumulation_micro_batch ({micro}).")
+
+    # Defaults that follow batch_sizes (fields stay None so dataclasses.replace keeps them following).
+    @property
+    def controls(self):
+        """Batch sizes given an equal-updates control run (default: the largest)."""
+        return tuple(self.control_batches) if self.control_batches is not None else (self.batch_sizes[-1],)
+
+    @property
+    def histogram_sizes(self):
+        """Batch sizes of the gradient histograms, increasing (default: smallest and largest)."""
+        hist = self.histogram_batches if self.histogram_batches is not None else (self.batch_sizes[0],
+                                                                                  self.batch_sizes[-1])
+        return tuple(sorted(hist))
+
+    @property
+    def accumulation(self):
+        """(effective batch, micro-batch) of the accumulation comparison."""
+        return (self.accumulation_batch or self.batch_sizes[-1], self.accumulation_micro_batch or self.batch_sizes[0])
+
+
+# ----------------------------------------------------------------------------- presets
+def quick():
+    """Quick preset: MLP on MNIST-1D (8000 train), batch 32…1024, 15 epochs, 1 seed; minutes on 2 CPUs.
+
+    ``python reproductions/shen.py --workdir=/tmp/shen``
+    """
+    return ShenConfig(preset="quick", dataset="mnist1d", dataset_kwargs={"num_samples": 10000}, seeds=(0,),
+                      epochs=15, histogram_trials=300, lr_grid=(0.01, 0.02, 0.04, 0.08, 0.16, 0.32),
+                      sweep_epochs=5)
+
+
+def paper():
+    """Paper preset: MNIST (TFDS), MLP 2 × 512, batch 32…1024, 30 epochs, 3 seeds, 1000 histogram trials.
+
+    ``python reproductions/shen.py --preset=paper --data_dir=DIR --workdir=/tmp/shen_mnist``
+    """
+    return ShenConfig(preset="paper", dataset="tfds:mnist", width=512, depth=2, seeds=(0, 1, 2), epochs=30,
+                      histogram_trials=1000, sweep_epochs=10)
+
+
+PRESETS = {"quick": quick, "paper": paper}
+CONVERTERS = {"batch_sizes": lambda values: tuple(int(v) for v in values)}
+
+
+def config_from_flags(flag_values=flags.FLAGS, argv=None):
+    """The preset's config with the command-line flags applied (``--batch_sizes`` as integers)."""
+    return common.config_from_flags(PRESETS, CONVERTERS, flag_values=flag_values, argv=argv)
+
+
+# ----------------------------------------------------------------------------- building blocks
+def _build(config, data, strategy, weights=None, learning_rate=None):
+    with strategy.scope():
+        if config.network == "mlp":
+            model = networks.mlp(data.input_shape, data.num_classes, config.width, config.depth, name="mlp",
+                                 batch_norm=False)
+        else:
+            model = networks.build(config.network, data.input_shape, data.num_classes)
+        if weights is not None:
+            model.set_weights(weights)
+        optimizer = keras.optimizers.SGD(learning_rate or config.base_lr, momentum=config.momentum)
+        common.compile_classifier(model, optimizer)
+    return model
+
+
+def _train(config, init, train, test, strategy, batch, lr, epochs, logdir, seed, tags, fit_logs=True, **fit_kwargs):
+    """Trains one model from ``init`` with SGD at (``batch``, ``lr``); returns its result dict.
+
+    TensorBoard: ``bstf.fit``'s own logs (per update and per epoch) when
+    ``fit_logs``, else only the per-epoch history; the hparams and final
+    numbers always.
+    """
+    common.set_seed(seed)
+    model = _build(config, train, strategy, init, lr)
+    start = bstf.analysis.trainable_weights(model)
+    plan = common.constant_plan(train.size, lr, batch, config.momentum)
+    timing = {}
+    with common.timer(timing, "seconds"):
+        fitted = common.train(model, train, epochs, plan=plan, validation_data=test, strategy=strategy,
+                              logdir=logdir if fit_logs else None, seed=seed, verbose=0, **fit_kwargs)
+    history = common.history_dict(fitted)
+    distance = bstf.analysis.distance_from_init(start, model)
+    tr, te = common.evaluate(model, train, config.eval_batch), common.evaluate(model, test, config.eval_batch)
+    result = {
+        "batch_size": batch, "learning_rate": lr, "epochs": epochs, "updates": int(fitted.updates),
+        "train_accuracy": 100 * tr["accuracy"], "test_accuracy": 100 * te["accuracy"], "test_loss": te["loss"],
+        "test_accuracy_curve": [100 * a for a in history["val_accuracy"]],
+        "distance_from_init": distance.total,
+        "distance_from_init_per_layer": {_layer_name(k): v for k, v in distance.per_layer.items()},
+        **timing,
+    }
+    with common.Board(logdir) as board:
+        if not fit_logs:
+            board.history({k: history[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}, prefix="epoch/")
+        board.hparams({**tags, "batch_size": batch, "learning_rate": lr, "epochs": epochs, "seed": seed,
+                       "dataset": config.dataset},
+                      {"final/test_accuracy": result["test_accuracy"], "final/train_accuracy": result["train_accuracy"],
+                       "final/distance_from_init": distance.total})
+    return result
+
+
+def _layer_name(path):
+    """'mlp/dense_1' -> 'dense_1' (the model name is dropped)."""
+    return path.split("/", 1)[1] if "/" in path else path
+
+
+def control_epochs(train_size, small_batch, batch, epochs):
+    """Smallest number of epochs at ``batch`` with at least the updates of ``epochs`` epochs at ``small_batch``."""
+    target = common.constant_plan(train_size, 1.0, small_batch).total_updates(epochs)
+    plan = common.constant_plan(train_size, 1.0, batch)
+    e = max(1, math.floor(target * batch / train_size))
+    while plan.total_updates(e) < target:
+        e += 1
+    return e
+
+
+# ----------------------------------------------------------------------------- the study
+def run_seed(config, seed, train, test, strategy, workdir):
+    """Studies 1–3 and 6 for one seed (every run starts from the same initial weights)."""
+    common.set_seed(seed)
+    init = _build(config, train, strategy).get_weights()
+    tb = os.path.join(workdir, "tensorboard", f"seed{seed}")
+
+    def train_run(batch, lr, epochs, name, **fit_kwargs):
+        return _train(config, init, train, test, strategy, batch, lr, epochs, os.path.join(tb, name), seed,
+                      {"study": name.rsplit("_b", 1)[0]}, fit_logs=config.fit_logs, **fit_kwargs)
+
+    out = {"seed": seed, "fixed_lr": {}, "scaled_lr": {}, "control": {}}
+    for batch in config.batch_sizes:
+        fixed = out["fixed_lr"][str(batch)] = train_run(batch, config.base_lr, config.epochs, f"fixed_lr_b{batch}")
+        lr = scaled_learning_rate(config.base_lr, config.base_batch, batch, "linear")
+        scaled = out["scaled_lr"][str(batch)] = train_run(batch, lr, config.epochs, f"scaled_lr_b{batch}")
+        common.log("seed %d batch %d: test %.2f%% (LR %g), %.2f%% (LR %g); distance %.3f / %.3f", seed, batch,
+                   fixed["test_accuracy"], config.base_lr, scaled["test_accuracy"], lr,
+                   fixed["distance_from_init"], scaled["distance_from_init"])
+    small = config.batch_sizes[0]
+    for batch in config.controls:
+        epochs = control_epochs(train.size, small, batch, config.epochs)
+        control = out["control"][str(batch)] = train_run(batch, config.base_lr, epochs, f"control_b{batch}")
+        common.log("seed %d control batch %d: %d epochs (%d updates): test %.2f%%", seed, batch, epochs,
+                   control["updates"], control["test_accuracy"])
+    # Gradient accumulation vs the true batch: same effective batch, LR (scaled), initial weights and data order.
+    # The true-batch run is the scaled-LR run of that batch when there is one.
+    big, micro = config.accumulation
+    lr = scaled_learning_rate(config.base_lr, config.base_batch, big, "linear")
+    true_run = out["scaled_lr"].get(str(big)) or train_run(big, lr, config.epochs, f"accumulation_true_b{big}")
+    accumulated = train_run(big, lr, config.epochs, f"accumulation_b{big}_micro{micro}", max_physical_batch=micro)
+    common.log("seed %d accumulation %d × %d: test %.2f%% vs %.2f%% with the true batch %d", seed, big // micro,
+               micro, accumulated["test_accuracy"], true_run["test_accuracy"], big)
+    out["accumulation"] = {"batch_size": big, "micro_batch": micro, "steps": big // micro, "learning_rate": lr,
+                           "true": true_run, "accumulated": accumulated}
+    return out
+
+
+def lr_sweep(config, train, strategy, workdir):
+    """Validation accuracy (%) after ``sweep_epochs`` for every (batch, LR); first seed only."""
+    seed = config.seeds[0]
+    fit_part, val_part = common.split(train, config.validation_fraction, seed=seed)
+    common.set_seed(seed)
+    init = _build(config, fit_part, strategy).get_weights()
+    epochs = config.sweep_epochs or config.epochs
+    table = {}
+    for batch in config.batch_sizes:
+        table[str(batch)] = {}
+        for lr in config.lr_grid:
+            logdir = os.path.join(workdir, "tensorboard", "lr_sweep", f"b{batch}_lr{lr:g}")
+            res = _train(config, init, fit_part, val_part, strategy, batch, lr, epochs, logdir, seed,
+                         {"study": "lr_sweep"}, fit_logs=False)
+            table[str(batch)][repr(lr)] = res["test_accuracy"]  # accuracy on the validation part
+        best = max(table[str(batch)], key=lambda k: table[str(batch)][k])
+        common.log("LR sweep batch %d: best LR %s (validation %.2f%%)", batch, best, table[str(batch)][best])
+    best_lr = {b: float(max(accs, key=accs.get)) for b, accs in table.items()}
+    return {"epochs": epochs, "validation_examples": val_part.size, "validation_accuracy": table, "best_lr": best_lr}
+
+
+def gradient_study(config, train, strategy):
+    """Pooled raw-gradient histograms (shared bins) and gradient norms at the initial weights (first seed)."""
+    seed = config.seeds[0]
+    common.set_seed(seed)
+    model = _build(config, train, strategy)
+    batches = config.histogram_sizes
+    results = {}
+    # Bins from the smallest batch (the widest distribution), shared by all batch sizes.
+    first = bstf.analysis.gradient_histogram(model, train, batches[0], trials=config.histogram_trials,
+                                             bins=config.histogram_bins, seed=seed)
+    edges = first.edges
+    for batch in batches:
+        res = first if batch == batches[0] else bstf.analysis.gradient_histogram(
+            model, train, batch, trials=config.histogram_trials, bins=config.histogram_bins,
+            range=(float(edges[0]), float(edges[-1])), seed=seed)
+        centers = 0.5 * (res.edges[1:] + res.edges[:-1])
+        counts = res.counts.astype(np.float64)
+        mean = float(np.sum(counts * centers) / counts.sum())
+        std = float(np.sqrt(np.sum(counts * (centers - mean) ** 2) / counts.sum()))
+        results[str(batch)] = {"counts": res.counts.tolist(), "edges": res.edges.tolist(), "norms": res.norms.tolist(),
+                               "value_std": std, "norm_mean": float(res.norms.mean()),
+                               "norm_std": float(res.norms.std()), "outside": int(res.outside),
+                               "trials": res.trials, "values_per_trial": res.num_values}
+    return results
+
+
+def run(config, workdir):
+    """Runs the study of ``config``; writes results.json/results.md/PNGs/TensorBoard in ``workdir``."""
+    strategy = common.make_strategy(config)
+    train, test = common.load_data(config)
+    for b in config.batch_sizes:
+        bstf.distribute.check_global_batch(b, strategy)
+        if b > train.size:
+            raise ValueError(f"batch size {b} is larger than the training set ({train.size} examples).")
+    common.log("Shen: %s on %s (%d train, %d test), batches %s, seeds %s", config.network, config.dataset,
+               train.size, test.size, config.batch_sizes, config.seeds)
+    runs = [run_seed(config, seed, train, test, strategy, workdir) for seed in config.seeds]
+    sweep = lr_sweep(config, train, strategy, workdir)
+    gradients = gradient_study(config, train, strategy)
+    summary = _summary(config, runs, sweep, gradients)
+    accumulation = _accumulation_summary(config, runs)
+    pngs = _plots(config, runs, sweep, gradients, workdir, train.size)
+    markdown = _markdown(config, summary, accumulation, runs, sweep, gradients, train, test)
+    with common.Board(os.path.join(workdir, "tensorboard", "summary")) as board:
+        board.images(pngs)
+        board.text("results", markdown)
+    return common.write_results(workdir, summary=summary, runs=runs, config=config, markdown=markdown,
+                                accumulation=accumulation, lr_sweep=sweep, gradients=gradients,
+                                reference=SHEN, machine=common.machine_description())
+
+
+def _summary(config, runs, sweep, gradients):
+    summary = {}
+    for batch in config.batch_sizes:
+        b = str(batch)
+        fixed, fixed_std = common.aggregate([r["fixed_lr"][b] for r in runs])
+        scaled, scaled_std = common.aggregate([r["scaled_lr"][b] for r in runs])
+        summary[b] = {
+            "learning_rate": config.base_lr,
+            "test_accuracy": fixed["test_accuracy"], "test_accuracy_std": fixed_std["test_accuracy"],
+            "test_accuracy_curve": fixed["test_accuracy_curve"],
+            "distance_from_init": fixed["distance_from_init"],
+            "distance_from_init_per_layer": fixed["distance_from_init_per_layer"],
+            "updates": fixed["updates"],
+            "scaled_learning_rate": scaled["learning_rate"],
+            "test_accuracy_scaled_lr": scaled["test_accuracy"],
+            "test_accuracy_scaled_lr_std": scaled_std["test_accuracy"],
+            "test_accuracy_curve_scaled_lr": scaled["test_accuracy_curve"],
+            "distance_from_init_scaled_lr": scaled["distance_from_init"],
+            "distance_from_init_per_layer_scaled_lr": scaled["distance_from_init_per_layer"],
+            "best_lr": sweep["best_lr"][b],
+        }
+        if b in runs[0]["control"]:
+            control, control_std = common.aggregate([r["control"][b] for r in runs])
+            summary[b]["control"] = {k: control[k] for k in ("epochs", "updates", "test_accuracy",
+                                                              "distance_from_init")}
+        if b in gradients:
+            summary[b]["gradient_value_std"] = gradients[b]["value_std"]
+            summary[b]["gradient_norm_mean"] = gradients[b]["norm_mean"]
+    return summary
+
+
+def _accumulation_summary(config, runs):
+    """Mean over seeds of the accumulation comparison (true batch vs accumulated micro-batches)."""
+    acc = {k: common.aggregate([r["accumulation"][k] for r in runs])[0] for k in ("true", "accumulated")}
+    return {"batch_size": config.accumulation[0], "micro_batch": config.accumulation[1],
+            **{f"{k}_{q}": acc[k][q] for k in acc for q in ("train_accuracy", "test_accuracy", "distance_from_init")}}
+
+
+# ----------------------------------------------------------------------------- report
+def _plots(config, runs, sweep, gradients, workdir, train_size):
+    batches = config.batch_sizes
+    paths = []
+    for key, name, what in (("fixed_lr", "accuracy_fixed_lr.png", f"LR {config.base_lr:g}"),
+                            ("scaled_lr", "accuracy_scaled_lr.png", "LR scaled linearly")):
+        curves = {}
+        for b in batches:
+            curve = np.mean([r[key][str(b)]["test_accuracy_curve"] for r in runs], axis=0)
+            lr = runs[0][key][str(b)]["learning_rate"]
+            curves[f"batch {b} (LR {lr:g})"] = (np.arange(1, len(curve) + 1), curve)
+        paths.append(common.plot_curves(os.path.join(workdir, name), curves, xlabel="epoch",
+                                        ylabel="test accuracy (%)", title=f"Test accuracy per epoch, {what}"))
+    small = batches[0]
+    curves = {}
+    for label, run_key, b in [(f"batch {small}", "fixed_lr", small)] + [
+            (f"batch {b} (control: same updates)", "control", b) for b in config.controls]:
+        curve = np.mean([r[run_key][str(b)]["test_accuracy_curve"] for r in runs], axis=0)
+        per_epoch = common.constant_plan(train_size, 1.0, b)
+        updates = [per_epoch.total_updates(e) for e in range(1, len(curve) + 1)]
+        curves[label] = (updates, curve)
+    paths.append(common.plot_curves(os.path.join(workdir, "control.png"), curves, xlabel="parameter updates",
+                                    ylabel="test accuracy (%)", logx=True,
+                                    title=f"Test accuracy per update, LR {config.base_lr:g}"))
+    dist = {label: (batches, [np.mean([r[key][str(b)]["distance_from_init"] for r in runs]) for b in batches],
+                    {"marker": "o"})
+            for key, label in (("fixed_lr", f"LR {config.base_lr:g}"), ("scaled_lr", "LR scaled linearly"))}
+    paths.append(common.plot_curves(os.path.join(workdir, "distance.png"), dist, xlabel="batch size",
+                                    ylabel="‖w − w₀‖₂", logx=True, logy=True,
+                                    title=f"Distance from the initial weights after {config.epochs} epochs"))
+    layers = list(runs[0]["fixed_lr"][str(batches[0])]["distance_from_init_per_layer"])
+    groups = {layer: {f"batch {b}": float(np.mean([r["fixed_lr"][str(b)]["distance_from_init_per_layer"][layer]
+                                                   for r in runs])) for b in batches} for layer in layers}
+    paths.append(common.plot_bars(os.path.join(workdir, "distance_per_layer.png"), groups, ylabel="‖w − w₀‖₂",
+                                  title=f"Distance per layer, LR {config.base_lr:g}"))
+    sweep_curves = {f"batch {b}": ([float(k) for k in accs], list(accs.values()), {"marker": "o"})
+                    for b, accs in sweep["validation_accuracy"].items()}
+    paths.append(common.plot_curves(os.path.join(workdir, "lr_sweep.png"), sweep_curves, xlabel="learning rate",
+                                    ylabel="validation accuracy (%)", logx=True,
+                                    title=f"LR sweep, {sweep['epochs']} epochs"))
+    hist = {f"batch {b}": (g["counts"], g["edges"]) for b, g in gradients.items()}
+    paths.append(common.plot_histograms(os.path.join(workdir, "gradient_histogram.png"), hist,
+                                        xlabel="raw gradient value",
+                                        title=f"Gradient values pooled over {config.histogram_trials} batches"))
+    all_norms = np.concatenate([g["norms"] for g in gradients.values()])
+    edges = np.histogram_bin_edges(all_norms, bins=40)
+    norms = {f"batch {b}": (np.histogram(g["norms"], bins=edges)[0], edges) for b, g in gradients.items()}
+    paths.append(common.plot_histograms(os.path.join(workdir, "gradient_norms.png"), norms, xlabel="‖g‖₂",
+                                        logy=False, title="Gradient norm per batch"))
+    return paths
+
+
+def _markdown(config, summary, acc, runs, sweep, gradients, train, test):
+    batches = config.batch_sizes
+    n = len(runs)
+
+    def per_seed(key, b, q):
+        return [r[key][str(b)][q] for r in runs]
+
+    rows = []
+    for b in batches:
+        s = summary[str(b)]
+        rows.append([b, s["updates"], common.pm(per_seed("fixed_lr", b, "test_accuracy")),
+                     common.pm(per_seed("fixed_lr", b, "distance_from_init"), digits=3),
+                     f"{s['scaled_learning_rate']:g}", common.pm(per_seed("scaled_lr", b, "test_accuracy")),
+                     common.pm(per_seed("scaled_lr", b, "distance_from_init"), digits=3), f"{s['best_lr']:g}"])
+    main_table = common.markdown_table(
+        ["batch", "updates", f"test acc % (LR {config.base_lr:g})", "‖w−w₀‖ (fixed LR)", "scaled LR",
+         "test acc % (scaled LR)", "‖w−w₀‖ (scaled LR)", "best LR (sweep)"], rows)
+
+    small = batches[0]
+    control_rows = [[small, config.epochs, summary[str(small)]["updates"], summary[str(small)]["test_accuracy"]]]
+    for b in config.controls:
+        c = summary[str(b)]["control"]
+        control_rows.append([f"{b} (fixed budget)", config.epochs, summary[str(b)]["updates"],
+                             summary[str(b)]["test_accuracy"]])
+        control_rows.append([f"{b} (control)", c["epochs"], c["updates"], c["test_accuracy"]])
+    control_table = common.markdown_table(["batch", "epochs", "updates", "test acc %"], control_rows)
+
+    grad_rows = [[b, g["trials"], g["values_per_trial"], f"{g['value_std']:.3g}",
+                  f"{g['norm_mean']:.3g} ± {g['norm_std']:.2g}", g["outside"]] for b, g in gradients.items()]
+    grad_table = common.markdown_table(["batch", "trials", "values per trial", "std of raw values",
+                                        "‖g‖ mean ± std", "values outside the shared bins"], grad_rows)
+
+    acc_table = common.markdown_table(
+        ["run", "train acc %", "test acc %", "‖w−w₀‖"],
+        [[f"true batch {acc['batch_size']}", acc["true_train_accuracy"], acc["true_test_accuracy"],
+          acc["true_distance_from_init"]],
+         [f"{acc['batch_size'] // acc['micro_batch']} × {acc['micro_batch']} accumulated", acc["accumulated_train_accuracy"],
+          acc["accumulated_test_accuracy"], acc["accumulated_distance_from_init"]]], digits=3)
+
+    # Shen's claims, checked against our numbers.
+    big = batches[-1]
+    fixed_acc = [summary[str(b)]["test_accuracy"] for b in batches]
+    fixed_d = [summary[str(b)]["distance_from_init"] for b in batches]
+    scaled_d = [summary[str(b)]["distance_from_init_scaled_lr"] for b in batches]
+    control_ok = all(summary[str(b)]["control"]["test_accuracy"] < summary[str(small)]["test_accuracy"]
+                     for b in config.controls)
+    g_small, g_big = gradients[str(config.histogram_sizes[0])], gradients[str(config.histogram_sizes[-1])]
+    larger_best = [summary[str(b)]["best_lr"] for b in batches[1:]]
+    acc_gap = abs(acc["true_test_accuracy"] - acc["accumulated_test_accuracy"])
+
+    def yes(flag):
+        return "yes" if flag else "**no**"
+
+    claims = [
+        ("best LR at the smallest batch", f"{SHEN['best_lr_smallest']:g} (batch 32)",
+         f"{summary[str(small)]['best_lr']:g} (batch {small})", ""),
+        ("best LR at larger batches", f"{SHEN['best_lr_larger']:g}",
+         ", ".join(f"{lr:g}" for lr in larger_best), f"batches {list(batches[1:])}"),
+        (SHEN["claims"]["accuracy"], "yes",
+         yes(all(a >= b for a, b in zip(fixed_acc, fixed_acc[1:]))),
+         " → ".join(f"{a:.1f}" for a in fixed_acc) + " %"),
+        (SHEN["claims"]["control"], "yes", yes(control_ok),
+         "control " + ", ".join(f"{summary[str(b)]['control']['test_accuracy']:.1f}" for b in config.controls) + " % "
+         f"vs {summary[str(small)]['test_accuracy']:.1f} % at batch {small}"),
+        (SHEN["claims"]["distance"], "yes", yes(all(a >= b for a, b in zip(fixed_d, fixed_d[1:]))),
+         " → ".join(f"{d:.2f}" for d in fixed_d)),
+        (SHEN["claims"]["distance_scaled"], "yes", yes(scaled_d[-1] > scaled_d[0]),
+         " → ".join(f"{d:.2f}" for d in scaled_d)),
+        (SHEN["claims"]["gradients"], "yes", yes(g_small["value_std"] > g_big["value_std"]),
+         f"std {g_small['value_std']:.3g} vs {g_big['value_std']:.3g}; ‖g‖ {g_small['norm_mean']:.3g} vs "
+         f"{g_big['norm_mean']:.3g}"),
+        (SHEN["claims"]["accumulation"], "yes", yes(acc_gap <= 1.0),
+         f"test {acc['true_test_accuracy']:.2f} vs {acc['accumulated_test_accuracy']:.2f} % (|Δ| ≤ 1 point counts as yes)"),
+    ]
+    claims_table = common.markdown_table(["Shen's observation", "Shen", "ours", "numbers"], claims)
+    lines = [
+        f"# Shen — effect of batch size on training dynamics — {config.network} on {config.dataset}",
+        "",
+        f"- command: `{config.command or 'python reproductions/shen.py --preset=' + config.preset}`",
+        f"- preset: {config.preset}; machine: {common.machine_description()}",
+        f"- data: {train.size} train / {test.size} test examples; model: "
+        + (f"MLP {config.depth} × [Dense {config.width}, ReLU]" if config.network == "mlp" else config.network)
+        + f"; SGD (momentum {config.momentum:g}); {config.epochs} epochs; seeds {list(config.seeds)} "
+        f"(mean ± std over {n} seed{'s' if n > 1 else ''}); LR sweep and gradients on seed {config.seeds[0]}",
+        "",
+        "## Shen's observations, checked",
+        "",
+        claims_table,
+        "## Per batch size",
+        "",
+        f"Fixed LR = {config.base_lr:g}; scaled LR = {config.base_lr:g} × batch / {config.base_batch}. "
+        f"Best LR: highest validation accuracy ({sweep['validation_examples']} held-out training examples) after "
+        f"{sweep['epochs']} epochs over {list(config.lr_grid)}.",
+        "",
+        main_table,
+        "## Control: same number of updates",
+        "",
+        control_table,
+        "## Gradients at the initial weights",
+        "",
+        f"Raw gradient values of {config.histogram_trials} random batches per size, pooled into "
+        f"{config.histogram_bins} bins shared by all sizes (`gradient_histogram.png`, `gradient_norms.png`).",
+        "",
+        grad_table,
+        "## Gradient accumulation vs the true batch",
+        "",
+        f"Same effective batch, LR {runs[0]['accumulation']['learning_rate']:g}, same initial weights and data "
+        "order; the accumulated run computes the gradient of each micro-batch and applies their mean once per "
+        "effective batch (`bstf.fit(..., max_physical_batch=...)`).",
+        "",
+        acc_table,
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv):
+    common.check_no_args(argv)
+    run(config_from_flags(), common.workdir_from_flags("shen"))
+
+
+if __name__ == "__main__":
+    app.run(main)

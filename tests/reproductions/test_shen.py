@@ -1,0 +1,175 @@
+"""Tests for reproductions/shen.py: flags to config, presets, control epochs, end to end."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from reproductions import common, shen
+
+SCRIPT_FLAGS = ("batch_sizes", "base_lr", "base_batch")
+
+# ----------------------------------------------------------------------------- flags and presets
+
+
+def test_quick_preset_from_flags(parse_flags):
+    argv = ("--batch_sizes=16,64,256", "--base_lr=0.02", "--base_batch=16", "--seeds=2", "--epochs=4")
+    c = shen.config_from_flags(parse_flags(*argv, script_flags=SCRIPT_FLAGS), argv=["reproductions/shen.py", *argv])
+    assert (c.preset, c.batch_sizes, c.base_lr, c.base_batch, c.seeds, c.epochs) == (
+        "quick", (16, 64, 256), 0.02, 16, (0, 1), 4)
+    assert (c.dataset, c.dataset_kwargs) == ("mnist1d", {"num_samples": 10000})  # untouched preset fields
+    # defaults that follow the batch sizes
+    assert c.controls == (256,) and c.histogram_sizes == (16, 256) and c.accumulation == (256, 16)
+    assert c.command.startswith("python reproductions/shen.py --batch_sizes=16,64,256")
+
+
+def test_paper_preset_from_flags(parse_flags):
+    c = shen.config_from_flags(parse_flags("--preset=paper", "--data_dir=/data", script_flags=SCRIPT_FLAGS))
+    assert (c.preset, c.dataset, c.data_dir) == ("paper", "tfds:mnist", "/data")
+
+
+def test_paper_preset_is_shens_setup():
+    c = shen.paper()
+    assert c.batch_sizes == (32, 64, 128, 256, 512, 1024)
+    assert (c.base_lr, c.base_batch, c.momentum) == (0.01, 32, 0.0)  # plain SGD, LR 0.01 at batch 32
+    assert 0.01 in c.lr_grid and 0.08 in c.lr_grid  # Shen's best LRs are in the sweep
+    assert (c.histogram_trials, c.controls, c.histogram_sizes, c.accumulation) == (1000, (1024,), (32, 1024),
+                                                                                  (1024, 32))
+    assert (c.dataset, c.seeds, c.network) == ("tfds:mnist", (0, 1, 2), "mlp")
+    # linear scaling from 0.01 at batch 32 reaches Shen's 0.08 at batch 256
+    assert shen.scaled_learning_rate(c.base_lr, c.base_batch, 256, "linear") == pytest.approx(0.08)
+    assert "python reproductions/shen.py" in shen.quick.__doc__ and "--preset=paper" in shen.paper.__doc__
+    assert shen.SHEN["best_lr_smallest"] == 0.01 and shen.SHEN["best_lr_larger"] == 0.08
+
+
+def test_quick_preset():
+    c = shen.quick()
+    assert (c.preset, c.dataset, c.batch_sizes[0], c.batch_sizes[-1]) == ("quick", "mnist1d", 32, 1024)
+
+
+@pytest.mark.parametrize("train_size, small, batch, epochs, expected", [
+    (8000, 32, 1024, 15, 480),  # the quick preset: 15 · 250 = 3750 updates at 32 = 480 epochs at 1024
+    (1000, 10, 100, 3, 30),     # 300 updates at 10 = 30 epochs at 100
+    (1000, 32, 100, 3, 10),     # ceil(3000 / 32) = 94 updates: 9 epochs at 100 make 90, 10 make 100
+    (512, 16, 64, 2, 8),
+])
+def test_control_epochs(train_size, small, batch, epochs, expected):
+    target = common.constant_plan(train_size, 1.0, small).total_updates(epochs)
+    e = shen.control_epochs(train_size, small, batch, epochs)
+    plan = common.constant_plan(train_size, 1.0, batch)
+    assert e == expected
+    assert plan.total_updates(e) >= target and (e == 1 or plan.total_updates(e - 1) < target)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch_sizes": (64,)}, "at least 2 strictly increasing"),
+    ({"batch_sizes": (64, 32)}, "at least 2 strictly increasing"),
+    ({"batch_sizes": (32, 0)}, "batch_sizes must be an integer >= 1"),
+    ({"base_lr": 0.0}, "base_lr must be > 0"),
+    ({"momentum": 1.0}, "momentum must be in"),
+    ({"network": "resnet"}, "network must be 'mlp' or one of"),
+    ({"control_batches": (32,)}, "control_batches must be batch sizes larger than the smallest"),
+    ({"control_batches": (100,)}, "control_batches must be batch sizes larger than the smallest"),
+    ({"lr_grid": ()}, "lr_grid must be a non-empty tuple"),
+    ({"validation_fraction": 1.0}, "validation_fraction must be in"),
+    ({"accumulation_batch": 100, "accumulation_micro_batch": 32}, "must be a multiple > 1"),
+])
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        shen.ShenConfig(**kwargs)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _tiny(**changes):
+    base = dict(preset="quick", dataset="digits", train_examples=512, test_examples=128, seeds=(0,), epochs=2,
+                batch_sizes=(16, 64), width=16, depth=1, lr_grid=(0.05,), sweep_epochs=1, histogram_trials=4,
+                histogram_bins=8)
+    return shen.ShenConfig(**{**base, **changes})
+
+
+PNGS = ("accuracy_fixed_lr.png", "accuracy_scaled_lr.png", "control.png", "distance.png", "distance_per_layer.png",
+        "lr_sweep.png", "gradient_histogram.png", "gradient_norms.png")
+
+
+def _board(logdir):
+    ea = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+    ea.Reload()
+    return set(ea.Tags()["tensors"])
+
+
+def _check_outputs(res, workdir, config):
+    on_disk = json.loads((workdir / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(res))
+    summary = on_disk["summary"]
+    assert set(summary) == {str(b) for b in config.batch_sizes}  # keyed by batch size only
+    for b in config.batch_sizes:
+        s = summary[str(b)]
+        assert 0 <= s["test_accuracy"] <= 100 and 0 <= s["test_accuracy_scaled_lr"] <= 100
+        assert math.isfinite(s["distance_from_init"]) and s["distance_from_init"] > 0
+        assert s["best_lr"] in config.lr_grid
+        assert len(s["test_accuracy_curve"]) == config.epochs
+        # total² = Σ per-layer²
+        per_layer = s["distance_from_init_per_layer"]
+        assert set(per_layer) == {f"dense_{i}" for i in range(1, config.depth + 1)} | {"logits"}
+        assert s["distance_from_init"] == pytest.approx(np.sqrt(sum(v * v for v in per_layer.values())))
+        assert s["scaled_learning_rate"] == pytest.approx(config.base_lr * b / config.base_batch)
+    small, big = config.batch_sizes[0], config.batch_sizes[-1]
+    assert summary[str(small)]["updates"] > summary[str(big)]["updates"]
+    control = summary[str(big)]["control"]
+    assert control["updates"] >= summary[str(small)]["updates"] and control["epochs"] > config.epochs
+    for b in config.histogram_sizes:
+        g = on_disk["gradients"][str(b)]
+        assert sum(g["counts"]) + g["outside"] == g["trials"] * g["values_per_trial"]
+        assert len(g["edges"]) == config.histogram_bins + 1 and len(g["norms"]) == config.histogram_trials
+    assert on_disk["gradients"][str(small)]["edges"] == on_disk["gradients"][str(big)]["edges"]  # shared bins
+    acc = on_disk["accumulation"]
+    assert (acc["batch_size"], acc["micro_batch"]) == config.accumulation
+    assert set(on_disk["lr_sweep"]["validation_accuracy"]) == {str(b) for b in config.batch_sizes}
+    assert len(on_disk["runs"]) == len(config.seeds)
+
+    md = (workdir / "results.md").read_text()
+    for text in ("## Shen's observations, checked", "| best LR at the smallest batch | 0.01 (batch 32) |",
+                 "## Per batch size", "## Control: same number of updates", "## Gradients at the initial weights",
+                 "## Gradient accumulation vs the true batch", f"| {small} |", f"| {big} (control) |"):
+        assert text in md
+    for png in PNGS:
+        assert (workdir / png).read_bytes()[:4] == b"\x89PNG"
+    tb = workdir / "tensorboard"
+    assert {"final/test_accuracy", "final/distance_from_init"} <= _board(tb / "seed0" / f"fixed_lr_b{small}")
+    assert {"accuracy_fixed_lr", "gradient_histogram", "results"} <= _board(tb / "summary")
+    return on_disk
+
+
+def test_run_end_to_end_tiny(tmp_path):
+    config = _tiny(fit_logs=False)  # per-epoch TensorBoard scalars only: seconds faster per run
+    res = _check_outputs(shen.run(config, str(tmp_path)), tmp_path, config)
+    assert {"epoch/val_accuracy", "final/test_accuracy"} <= _board(tmp_path / "tensorboard" / "seed0" / "fixed_lr_b16")
+    # accumulation of 4 micro-batches of 16 against the true batch of 64: the same training (no BN, same order)
+    acc = res["accumulation"]
+    assert acc["accumulated_test_accuracy"] == pytest.approx(acc["true_test_accuracy"], abs=1.0)
+    assert acc["accumulated_distance_from_init"] == pytest.approx(acc["true_distance_from_init"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_run_two_seeds_three_batches(tmp_path):
+    config = _tiny(seeds=(0, 1), batch_sizes=(16, 32, 128), control_batches=(32, 128), epochs=3,
+                   lr_grid=(0.01, 0.1))
+    res = _check_outputs(shen.run(config, str(tmp_path)), tmp_path, config)
+    run_logs = tmp_path / "tensorboard" / "seed0" / "fixed_lr_b16"
+    assert (run_logs / "train").is_dir() and (run_logs / "validation").is_dir()  # bstf.fit's own logs
+    assert set(res["summary"]["32"]["control"]) == {"epochs", "updates", "test_accuracy", "distance_from_init"}
+
+
+@pytest.mark.slow
+def test_quick_preset(tmp_path):
+    """The quick preset (minutes): larger batches end closer to the start and lower on test at a fixed LR."""
+    config = shen.quick()
+    res = _check_outputs(shen.run(config, str(tmp_path)), tmp_path, config)
+    s = res["summary"]
+    small, big = str(config.batch_sizes[0]), str(config.batch_sizes[-1])
+    assert s[big]["distance_from_init"] < s[small]["distance_from_init"]
+    assert s[big]["test_accuracy"] < s[small]["test_accuracy"]
