@@ -351,6 +351,10 @@ def _plots(config, runs, workdir):
     return [path_i, path_s]
 
 
+_SUBSPACE_NOTE = (
+    "`bstf.analysis.sharpness` draws the subspace matrix A with N(0, 1/n) entries (unit-norm columns); the paper "
+    "does not give A's scale, and with unit columns the box C_ε moves the n weights far less than in the full "
+    "space, so subspace values are not comparable with Table 4 (see docs/reproductions/keskar.md).")
 _NAN_NOTE = (
     "Non-finite losses (nan) are points where the interpolated *BatchNormalization moving variance* "
     "(1 − α)·v_SB + α·v_LB is negative: `bstf.analysis.interpolate` interpolates every floating weight, "
@@ -422,6 +426,14 @@ def _markdown(config, runs, train, test, sb, lb):
     else:
         verdict += (f" Every seed shows the paper's direction (LB φ ≥ {SHARPER_FACTOR:g}× SB φ and LB test accuracy "
                     "not above SB).")
+    sub_sb = np.mean(vals("sb", "sharpness_subspace", config.epsilons[0]))
+    sub_lb = np.mean(vals("lb", "sharpness_subspace", config.epsilons[0]))
+    paper_sub_sb = paper["sb"]["sharpness_subspace"].get(eps0)
+    paper_sub_lb = paper["lb"]["sharpness_subspace"].get(eps0)
+    verdict += (f"\n\nIn the random {config.subspace_dim}-d subspace LB φ is "
+                + (f"**{sub_lb / sub_sb:.3g}×**" if sub_sb > 0 else "—") + " SB φ (paper: "
+                + (f"{paper_sub_lb[0] / paper_sub_sb[0]:.0f}×" if paper_sub_sb and paper_sub_lb else "not reported")
+                + "). " + _SUBSPACE_NOTE)
 
     interp = runs[0]["interpolation"]
     lines = [

@@ -145,6 +145,7 @@ def test_markdown_reports_disagreeing_seeds_honestly():
     # sharpness keeps 3 significant digits however small (the subspace values here are 1e-2)
     assert "| SB sharpness φ, 100-d subspace, ε=0.001 | 0.0100 ± 0.0000 | 0.11 ± 0.00 |" in md
     assert "is **37.2×** the SB sharpness (paper, F1: 167×)" in md
+    assert "In the random 100-d subspace LB φ is **37.2×** SB φ (paper: 84×)" in md
     assert "moving variance" in md  # the nan points are explained
 
 
