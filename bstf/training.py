@@ -48,6 +48,7 @@ import tensorflow as tf
 from bstf import distribute
 from bstf import schedules
 from bstf.clock import Clock
+from bstf.analysis.noise_scale import estimate_grad_norm_sq, estimate_trace_sigma
 from bstf.optimizers.accumulate import Accumulate
 from bstf.plan import NoiseScalePlan
 
@@ -373,7 +374,8 @@ def _save_run(checkpoint_dir, record, state):
 # ============================================================================ fit
 def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None, max_physical_batch=None,
         callbacks=(), logdir=None, checkpoint_dir=None, seed=None, verbose="auto", log_every_n_updates=10,
-        checkpoint_every_n_updates=None, validation_batch_size=None, shuffle=True, shuffle_buffer=None):
+        checkpoint_every_n_updates=None, validation_batch_size=None, shuffle=True, shuffle_buffer=None,
+        noise_scale_every_n_updates=None, noise_scale_ema=0.9):
     """Trains a compiled ``model`` on ``train_data`` following ``plan`` for ``epochs`` epochs.
 
     Args:
@@ -402,6 +404,18 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
         physical batch).
       shuffle: reshuffle the data every epoch (seeded).
       shuffle_buffer: shuffle buffer (default: the whole training set).
+      noise_scale_every_n_updates: measure the gradient noise scale B_simple
+        (McCandlish et al.) every n updates from gradients the update computes
+        anyway — the micro-batches of an accumulated update and the replicas'
+        batches are the small batches, the update's mean gradient the big one
+        (no extra passes; phases with one micro-batch on one replica have no
+        small batch and are skipped). Logged as ``measured_b_simple``,
+        ``measured_grad_norm_sq``, ``measured_trace_sigma`` and added to
+        ``history.history["b_simple"]`` per epoch. Callbacks with a ``clock``
+        attribute left ``None`` (e.g. ``NoiseScaleMonitor``) get the run's
+        clock either way.
+      noise_scale_ema: EMA decay of the measurements' numerator and
+        denominator (None: plain mean).
 
     Returns:
       The ``keras.callbacks.History``: ``history.history`` has per-epoch
@@ -475,13 +489,16 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
     record["seed"] = seed
 
     # ---------------------------------------------------------------- state
-    accumulate = any(s.accumulation > 1 for s in segs)
+    if noise_scale_every_n_updates is not None:
+        noise_scale_every_n_updates = _check_int("noise_scale_every_n_updates", noise_scale_every_n_updates)
+    measure = noise_scale_every_n_updates is not None
+    accumulate = measure or any(s.accumulation > 1 for s in segs)
     ks = None
     if accumulate:
         ks = [b // physical_batch(b, max_physical_batch, replicas) for b in plan.batch_size.values]
     # A later bstf.fit of the same model, optimizer and plan reuses the clock and the traced step (as
     # model.fit reuses its train_function): the trace captured the clock and the plan's constants.
-    key = (id(optimizer), id(strategy), json.dumps(plan.get_config(), sort_keys=True), ks, momentum_follows)
+    key = (id(optimizer), id(strategy), json.dumps(plan.get_config(), sort_keys=True), ks, momentum_follows, measure)
     cache = _CACHE.get(model)
     if cache is not None and cache["key"] == key and model.optimizer is optimizer:
         clock, wrapper, train_function = cache["clock"], cache["wrapper"], cache["train_function"]
@@ -493,7 +510,7 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
         if accumulate:
             steps = schedules.PiecewiseConstant(plan.milestones, ks) if len(set(ks)) > 1 else ks[0]
             with strategy.scope():
-                wrapper = Accumulate(optimizer, steps, clock=clock)
+                wrapper = Accumulate(optimizer, steps, clock=clock, statistics=measure)
     plan.bind(clock)
     original_lr = optimizer._learning_rate
     original_momentum = getattr(optimizer, "momentum", None)
@@ -510,7 +527,8 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
         return _train(
             model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_dataset, seed, shuffle,
             shuffle_buffer, validation_batch_size, callbacks, logdir, checkpoint_dir, checkpoint_every_n_updates,
-            log_every_n_updates, verbose, chief, record, saved, max_physical_batch, momentum_follows)
+            log_every_n_updates, verbose, chief, record, saved, max_physical_batch, momentum_follows,
+            (noise_scale_every_n_updates, noise_scale_ema, wrapper))
     finally:
         _CACHE[model] = {"key": key, "clock": clock, "wrapper": wrapper, "train_function": model.train_function}
         final_lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
@@ -588,8 +606,9 @@ def _scalar(value):
 
 def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_dataset, seed, shuffle,
            shuffle_buffer, validation_batch_size, callbacks, logdir, checkpoint_dir, checkpoint_every_n_updates,
-           log_every_n_updates, verbose, chief, record, saved, max_physical_batch, momentum_follows):
+           log_every_n_updates, verbose, chief, record, saved, max_physical_batch, momentum_follows, noise):
     n = plan.train_size
+    replicas = strategy.num_replicas_in_sync
     first_spec = dataset.batch(segs[0].physical_batch, drop_remainder=True).element_spec
     _build(model, strategy, first_spec)
 
@@ -608,6 +627,15 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
     start = int(clock.examples.numpy())
 
     history = keras.callbacks.History()
+    for callback in callbacks:
+        if getattr(callback, "clock", False) is None:
+            callback.clock = clock
+    noise_every, noise_ema, wrapper = noise
+    averager = None
+    if noise_every is not None:
+        from bstf.analysis.noise_scale import NoiseScaleAverager
+
+        averager = NoiseScaleAverager(noise_ema)
     cb = keras.callbacks.CallbackList([*callbacks, history], add_history=False, add_progbar=False, model=model,
                                       verbose=verbose, epochs=math.ceil(epochs), steps=None)
     board = _Board(logdir, chief)
@@ -649,6 +677,7 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
             epoch_logs.update({f"val_{k}": float(v) for k, v in val.items()})
         metrics_only = dict(epoch_logs)
         epoch_logs.update({
+            **({"b_simple": averager.b_simple} if averager is not None else {}),
             "examples": examples, "updates": updates, "learning_rate": _scalar(optimizer.learning_rate),
             "batch_size": seg.batch_size, "momentum": float(plan.momentum_value)})
         if progbar is not None:
@@ -731,6 +760,13 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
                 last_bar = time.perf_counter()
                 progbar.update(int(min(examples, epoch_end(epoch)) - epoch * n), [
                     ("loss", _scalar(logs["loss"])), ("lr", _scalar(optimizer.learning_rate))])
+            if averager is not None and updates % noise_every == 0 and seg.accumulation * replicas > 1:
+                b_small, b_big = seg.physical_batch // replicas, seg.batch_size
+                g_small, g_big = _scalar(wrapper.micro_batch_sq_norm), _scalar(wrapper.update_sq_norm)
+                est = averager.update(estimate_grad_norm_sq(g_small, g_big, b_small, b_big),
+                                      estimate_trace_sigma(g_small, g_big, b_small, b_big))
+                board.scalars("train", {"measured_b_simple": est.b_simple, "measured_grad_norm_sq": est.grad_norm_sq,
+                                        "measured_trace_sigma": est.trace_sigma}, examples)
             crossed = False
             while examples >= epoch_end(epoch) and epoch <= last_epoch:
                 phase["wall_time"] += time.perf_counter() - t0

@@ -389,3 +389,38 @@ def test_multi_worker_two_local_processes_equal_single_process(tmp_path):
     assert mw["updates"] == h.updates == 45
     np.testing.assert_allclose(mw["val_accuracy"], h.history["val_accuracy"], atol=1e-6)
     assert os.path.exists(tmp_path / "ckpt" / "run.json")  # the chief checkpoints
+
+
+# ============================================================================ noise scale from the update's own gradients
+def test_noise_scale_measured_from_accumulated_micro_batches(tmp_path):
+    n, d, k = 8192, 10, 4
+    rng = np.random.RandomState(0)
+    x = rng.randn(n, d).astype("float32")
+    teacher = rng.randn(d, k)
+    y = np.argmax(x @ teacher + rng.gumbel(size=(n, k)), axis=1).astype("int64")
+    model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(k)])
+    model.compile(keras.optimizers.SGD(1e-9), LOSS)  # weights stay put: one B_simple to measure
+    model.layers[0].kernel.assign((0.3 * teacher + 0.3 * rng.randn(d, k)).astype("float32"))
+    reference = bstf.analysis.noise_scale(model, (x, y), small_batch=16, big_batch=128, num_batches=64, seed=0)
+    plan = bstf.NoiseScalePlan(n, 1e-9, 128, base_momentum=0.0)
+    logdir = str(tmp_path / "tb")
+    h = bstf.fit(model, tf.data.Dataset.from_tensor_slices((x, y)), plan, 1, max_physical_batch=16, seed=0,
+                 verbose=0, noise_scale_every_n_updates=1, noise_scale_ema=None, logdir=logdir, log_every_n_updates=8)
+    assert h.phases[0]["accumulation"] == 8
+    assert h.history["b_simple"][0] == pytest.approx(reference.b_simple, rel=0.15)
+    measured = _events(logdir)["train/measured_b_simple"]
+    assert len(measured) == h.updates == 64
+    assert measured[-1][1] == pytest.approx(h.history["b_simple"][0], rel=1e-5)
+
+
+def test_callbacks_get_the_run_clock():
+    seen = []
+
+    class WithClock(keras.callbacks.Callback):
+        clock = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(int(self.clock.examples.numpy()))
+
+    bstf.fit(_model(), DATA, _plan(), 2, seed=0, verbose=0, callbacks=[WithClock()])
+    assert seen == [240, 480]
