@@ -257,14 +257,33 @@ def _measure(config, model, train, test, seed):
 
 
 def _interpolation(config, model, weights_sb, weights_lb, train, test):
-    """Loss and accuracy (fraction) along α·x_LB + (1 − α)·x_SB on the train and test sets."""
+    """Loss and accuracy (fraction) along α·x_LB + (1 − α)·x_SB on the train and test sets.
+
+    Trainable weights move along the whole line (as in the authors' code).
+    Non-trainable ones — BatchNormalization moving statistics — are
+    interpolated on the segment α ∈ [0, 1] only and held at the nearer
+    minimiser's values outside it: extrapolated, a moving variance
+    (1 − α)·v_SB + α·v_LB can turn negative and the loss NaN.
+    """
     first, last, points = config.alphas
-    res = bstf.analysis.interpolate(model, weights_sb, weights_lb, {"train": train, "test": test},
-                                    alphas=np.linspace(first, last, points), batch_size=config.eval_batch)
-    out = {"alpha": res.alphas.tolist()}
-    for split_name in ("train", "test"):
-        out[f"{split_name}_loss"] = [float(v) for v in res.loss[split_name]]
-        out[f"{split_name}_accuracy"] = [float(v) for v in res.accuracy[split_name]]
+    alphas = np.linspace(first, last, points)
+    trainable = [v.trainable for v in model.weights]  # the order of get_weights()
+
+    def held_at(stats):  # both endpoints with their non-trainable weights replaced by ``stats``'
+        return tuple([w if t else s for w, t, s in zip(weights, trainable, stats)]
+                     for weights in (weights_sb, weights_lb))
+
+    pieces = ((alphas < 0, held_at(weights_sb)), ((alphas >= 0) & (alphas <= 1), (weights_sb, weights_lb)),
+              (alphas > 1, held_at(weights_lb)))
+    out = {"alpha": alphas.tolist(), **{f"{s}_{q}": [] for s in ("train", "test") for q in ("loss", "accuracy")}}
+    for mask, (w_a, w_b) in pieces:
+        if not mask.any():
+            continue
+        res = bstf.analysis.interpolate(model, w_a, w_b, {"train": train, "test": test}, alphas=alphas[mask],
+                                        batch_size=config.eval_batch)
+        for split_name in ("train", "test"):
+            out[f"{split_name}_loss"] += [float(v) for v in res.loss[split_name]]
+            out[f"{split_name}_accuracy"] += [float(v) for v in res.accuracy[split_name]]
     return out
 
 
@@ -355,10 +374,7 @@ _SUBSPACE_NOTE = (
     "`bstf.analysis.sharpness` draws the subspace matrix A with N(0, 1/n) entries (unit-norm columns); the paper "
     "does not give A's scale, and with unit columns the box C_ε moves the n weights far less than in the full "
     "space, so subspace values are not comparable with Table 4 (see docs/reproductions/keskar.md).")
-_NAN_NOTE = (
-    "Non-finite losses (nan) are points where the interpolated *BatchNormalization moving variance* "
-    "(1 − α)·v_SB + α·v_LB is negative: `bstf.analysis.interpolate` interpolates every floating weight, "
-    "moving statistics included, and extrapolating them beyond the segment can leave the valid range.")
+_NAN_NOTE = "Non-finite losses (nan) mean the network's outputs overflowed at those points."
 
 
 def _pm_paper(v):
@@ -464,7 +480,9 @@ def _markdown(config, runs, train, test, sb, lb):
         per_seed,
         "## Parametric plot (seed %d)" % runs[0]["seed"],
         "",
-        "α = 0 is the SB minimiser, α = 1 the LB minimiser (`interpolation.png` shows the mean over seeds).",
+        "α = 0 is the SB minimiser, α = 1 the LB minimiser (`interpolation.png` shows the mean over seeds). "
+        "Trainable weights follow the line; BatchNormalization moving statistics are interpolated on [0, 1] and "
+        "held at the nearer minimiser's values outside it.",
         "",
         *([_NAN_NOTE, ""] if not np.all(np.isfinite(interp["train_loss"] + interp["test_loss"])) else []),
         common.markdown_table(

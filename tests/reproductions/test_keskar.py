@@ -146,7 +146,29 @@ def test_markdown_reports_disagreeing_seeds_honestly():
     assert "| SB sharpness φ, 100-d subspace, ε=0.001 | 0.0100 ± 0.0000 | 0.11 ± 0.00 |" in md
     assert "is **37.2×** the SB sharpness (paper, F1: 167×)" in md
     assert "In the random 100-d subspace LB φ is **37.2×** SB φ (paper: 84×)" in md
-    assert "moving variance" in md  # the nan points are explained
+    assert "overflowed" in md  # the nan points are explained
+
+
+def test_interpolation_holds_bn_statistics_outside_the_segment():
+    """Extrapolated moving variances would turn negative (NaN losses); keskar holds them at the nearer end."""
+    train = common.take(common.load_data(common.Config(dataset="digits"))[0], 64)
+    model = keskar.networks.mlp(train.input_shape, train.num_classes, 8, 1, batch_norm=True)
+    common.compile_classifier(model, "sgd")
+    rng = np.random.default_rng(0)
+    w_sb = [rng.normal(size=w.shape).astype(w.dtype) * 0.3 for w in model.get_weights()]
+    w_lb = [w + rng.normal(size=w.shape).astype(w.dtype) * 0.3 for w in w_sb]
+    variance = [i for i, v in enumerate(model.weights) if "moving_variance" in v.path]
+    assert variance and not model.weights[variance[0]].trainable
+    for i in variance:
+        w_sb[i], w_lb[i] = np.full_like(w_sb[i], 4.0), np.full_like(w_lb[i], 1.0)  # at α = 2: 2·1 − 4 < 0
+    config = dataclasses.replace(keskar.quick(), alphas=(-1.0, 2.0, 7))
+    out = keskar._interpolation(config, model, w_sb, w_lb, train, train)
+    assert out["alpha"] == pytest.approx([-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0])
+    assert all(len(out[k]) == 7 and np.all(np.isfinite(out[k])) for k in out)
+    # inside the segment it is plain bstf.analysis.interpolate
+    plain = keskar.bstf.analysis.interpolate(model, w_sb, w_lb, train, alphas=[0.0, 0.5, 1.0])
+    assert out["train_loss"][2:5] == pytest.approx(plain.loss["data"].tolist(), rel=1e-5)
+    assert not np.all(np.isfinite(keskar.bstf.analysis.interpolate(model, w_sb, w_lb, train, alphas=[2.0]).loss["data"]))
 
 
 # ----------------------------------------------------------------------------- end to end
