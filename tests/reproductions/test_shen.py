@@ -173,3 +173,21 @@ def test_quick_preset(tmp_path):
     small, big = str(config.batch_sizes[0]), str(config.batch_sizes[-1])
     assert s[big]["distance_from_init"] < s[small]["distance_from_init"]
     assert s[big]["test_accuracy"] < s[small]["test_accuracy"]
+
+
+# ----------------------------------------------------------------------------- report verdicts
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([50.0, 38.0, 30.0], "yes"),
+    ([50.0, 50.5, 30.0], "yes"),                   # a rise within the tolerance
+    ([50.0, 53.0, 30.0], "**no** (not monotone)"),
+    ([50.0, 49.5], "≈"),                           # the drop is within the tolerance
+    ([40.0, 50.0], "**no**"),
+])
+def test_decreasing_verdict(values, expected):
+    assert shen._decreasing(values, 1.0) == expected
+
+
+def test_sign_verdict():
+    assert [shen._sign(d, 1.0) for d in (2.0, 0.6, -0.6, -2.0)] == ["yes", "≈", "≈", "**no**"]
