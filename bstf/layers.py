@@ -44,9 +44,13 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
     Args:
       virtual_batch_size: examples per ghost batch, an integer >= 1; the
         (per-replica) batch must be a multiple of it.
-      axis, momentum, epsilon, center, scale, *_initializer, *_regularizer,
-        *_constraint: as for ``keras.layers.BatchNormalization``
-        (``axis`` may not be the batch axis 0). ``renorm`` and
+      axis: as for ``keras.layers.BatchNormalization``, except that it may
+        not be the batch axis 0.
+      momentum: as for ``keras.layers.BatchNormalization``, a float in [0, 1).
+      epsilon: as for ``keras.layers.BatchNormalization``.
+      **kwargs: ``center``, ``scale``, ``*_initializer``, ``*_regularizer``,
+        ``*_constraint`` and the base-layer arguments, as for
+        ``keras.layers.BatchNormalization``. ``renorm`` and
         ``synchronized`` are not supported.
 
     Raises:

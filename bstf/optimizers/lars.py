@@ -85,9 +85,11 @@ class LARS(ScheduledMomentumMixin, keras.optimizers.Optimizer):
         variable paths; ``None`` means :data:`DEFAULT_EXCLUDE`, ``[]`` none.
       exclude_from_layer_adaptation: likewise; ``None`` means the same list
         as ``exclude_from_weight_decay``.
-      clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
-        ema_overwrite_frequency, loss_scale_factor,
-        gradient_accumulation_steps, name: as for every Keras optimizer.
+
+    The other arguments (``clipnorm``, ``clipvalue``, ``global_clipnorm``,
+    ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``,
+    ``loss_scale_factor``, ``gradient_accumulation_steps``, ``name``) are as
+    for every Keras optimizer.
 
     Raises:
       ValueError: trust_coefficient <= 0, epsilon < 0, weight_decay < 0,

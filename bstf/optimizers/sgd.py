@@ -52,10 +52,12 @@ class SGD(ScheduledMomentumMixin, keras.optimizers.Optimizer):
       learning_rate: float > 0, a ``LearningRateSchedule`` or a callable.
       momentum: see above; default 0.0.
       nesterov: use Nesterov momentum.
-      weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
-        ema_momentum, ema_overwrite_frequency, loss_scale_factor,
-        gradient_accumulation_steps, name: as for every Keras optimizer
-        (``weight_decay`` is Keras's decoupled decay ``w −= lr·wd·w``).
+
+    The other arguments (``weight_decay``, ``clipnorm``, ``clipvalue``,
+    ``global_clipnorm``, ``use_ema``, ``ema_momentum``,
+    ``ema_overwrite_frequency``, ``loss_scale_factor``,
+    ``gradient_accumulation_steps``, ``name``) are as for every Keras
+    optimizer (``weight_decay`` is Keras's decoupled decay ``w −= lr·wd·w``).
 
     Raises:
       ValueError: momentum outside [0, 1) (also for a schedule's values),
