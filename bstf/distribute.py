@@ -80,7 +80,10 @@ def _mirrored(num_cpu_devices):
             raise ValueError(f"num_cpu_devices must be a positive integer, got {num_cpu_devices!r}.")
         split_cpu(int(num_cpu_devices))
         cpus = tf.config.list_logical_devices("CPU")[: int(num_cpu_devices)]
-        return tf.distribute.MirroredStrategy([c.name for c in cpus])
+        # Logical CPUs share memory: reducing on one device is as fast as collectives and avoids
+        # TensorFlow's reuse of collective instance keys across strategies in one process.
+        return tf.distribute.MirroredStrategy([c.name for c in cpus],
+                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
     gpus = tf.config.list_logical_devices("GPU")
     devices = gpus or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([d.name for d in devices])

@@ -30,7 +30,7 @@ def test_clock_checkpoint_round_trip(tmp_path):
 
 
 def test_clock_advances_in_replica_context():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
     with strategy.scope():
         clock = bstf.Clock(train_size=100)
 

@@ -70,7 +70,7 @@ def test_unknown_name_and_bad_arguments(monkeypatch):
 
 
 def test_check_global_batch():
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
     assert distribute.check_global_batch(64, mirrored) == 32
     assert distribute.check_global_batch(7) == 7
     with pytest.raises(ValueError, match=r"global batch 65 is not divisible by the 2 replicas.*nearest: 64 or 66"):

@@ -180,7 +180,7 @@ def test_mirrored_equals_single_device():
     plan = _plan(milestones=[1])
     single = _model()
     bstf.fit(single, DATA, plan, 2, seed=5, verbose=0)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
     with strategy.scope():
         mirrored = _model()
     h = bstf.fit(mirrored, DATA, plan, 2, seed=5, verbose=0, strategy=strategy, max_physical_batch=8)
@@ -318,7 +318,7 @@ def test_bad_input(make, kwargs, err, match):
 def test_max_physical_batch_below_replicas():
     if len(tf.config.list_logical_devices("CPU")) < 2:
         pytest.skip("needs 2 logical CPUs")
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
     with strategy.scope():
         model = _model()
     with pytest.raises(ValueError, match="smaller than the 2 replicas"):

@@ -123,7 +123,7 @@ def test_under_mirrored_strategy_matches_single_device():
     if len(tf.config.list_logical_devices("CPU")) < 2:
         pytest.skip("needs the 2 logical CPUs of tests/conftest.py")
     x, y = _data()
-    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()).scope():
         mirrored = _model()
     monitor = NoiseScaleMonitor((x, y), every_n_updates=4, big_batch=64, small_batch=8, ema=None)
     mirrored.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False, callbacks=[monitor])

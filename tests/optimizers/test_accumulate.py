@@ -27,6 +27,9 @@ def _model(opt, jit=False, seed=1):
 
 
 def _mirrored(**kw):
+    # One-device reduction: TensorFlow reuses collective instance keys across MirroredStrategy objects in
+    # one process, so collectives of a later strategy can collide with an earlier one's shapes.
+    kw.setdefault("cross_device_ops", tf.distribute.ReductionToOneDevice())
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], **kw)
 
 
