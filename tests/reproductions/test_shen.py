@@ -34,7 +34,8 @@ def test_paper_preset_is_shens_setup():
     c = shen.paper()
     assert c.batch_sizes == (32, 64, 128, 256, 512, 1024)
     assert (c.base_lr, c.base_batch, c.momentum) == (0.01, 32, 0.0)  # plain SGD, LR 0.01 at batch 32
-    assert 0.01 in c.lr_grid and 0.08 in c.lr_grid  # Shen's best LRs are in the sweep
+    assert 0.01 in c.lr_grid and 0.08 in c.lr_grid  # Shen's best LRs are inside the sweep, not at its edges
+    assert min(c.lr_grid) < 0.01 and max(c.lr_grid) > 0.08
     assert (c.histogram_trials, c.controls, c.histogram_sizes, c.accumulation) == (1000, (1024,), (32, 1024),
                                                                                   (1024, 32))
     assert (c.dataset, c.seeds, c.network) == ("tfds:mnist", (0, 1, 2), "mlp")
