@@ -353,7 +353,7 @@ def _load_run(checkpoint_dir, record):
         return None
     with tf.io.gfile.GFile(path) as f:
         saved = json.load(f)
-    for key in ("plan", "epochs", "max_physical_batch", "replicas", "shuffle"):
+    for key in ("plan", "epochs", "max_physical_batch", "replicas", "shuffle", "adaptive"):
         if json.dumps(saved["run"].get(key), sort_keys=True) != json.dumps(record[key], sort_keys=True):
             raise ValueError(
                 f"checkpoint_dir {checkpoint_dir!r} holds a run with a different {key} "
@@ -375,7 +375,7 @@ def _save_run(checkpoint_dir, record, state):
 def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None, max_physical_batch=None,
         callbacks=(), logdir=None, checkpoint_dir=None, seed=None, verbose="auto", log_every_n_updates=10,
         checkpoint_every_n_updates=None, validation_batch_size=None, shuffle=True, shuffle_buffer=None,
-        noise_scale_every_n_updates=None, noise_scale_ema=0.9):
+        noise_scale_every_n_updates=None, noise_scale_ema=0.9, adaptive=None):
     """Trains a compiled ``model`` on ``train_data`` following ``plan`` for ``epochs`` epochs.
 
     Args:
@@ -416,6 +416,15 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
         clock either way.
       noise_scale_ema: EMA decay of the measurements' numerator and
         denominator (None: plain mean).
+      adaptive: a :class:`bstf.analysis.AdaptiveBatch` controller: the batch
+        follows the measured noise scale (B ≈ c·B_simple, the AdaptDL/Pollux
+        idea) with the LR coupled by the controller's rule. The plan must have
+        no milestones (it supplies ``train_size`` and the momentum);
+        ``max_physical_batch`` is the micro-batch the noise scale is measured
+        with and must leave at least 2 micro-batches (or replicas) at
+        ``min_batch``; measurements every ``noise_scale_every_n_updates``
+        (default ``adaptive.every_n_updates // 10``). The controller's state is
+        checkpointed with the run.
 
     Returns:
       The ``keras.callbacks.History``: ``history.history`` has per-epoch
@@ -462,7 +471,14 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
         if _looks_batched(val_dataset):
             raise ValueError("validation_data looks batched; pass the unbatched dataset (e.g. dataset.unbatch()).")
     momentum_follows = _check_momentum(optimizer, plan)
-    segs = segments(plan, epochs, max_physical_batch, replicas)
+    if adaptive is not None:
+        _check_adaptive(adaptive, plan, max_physical_batch, replicas)
+        if noise_scale_every_n_updates is None:
+            noise_scale_every_n_updates = max(1, adaptive.every_n_updates // 10)
+        adaptive.reset()
+        segs = [Segment(0, 0, 0, adaptive.batch, max_physical_batch)]  # the first; later ones are decided as it runs
+    else:
+        segs = segments(plan, epochs, max_physical_batch, replicas)
     chief = distribute.is_chief(strategy)
     if validation_batch_size is None:
         validation_batch_size = max(s.physical_batch for s in segs)
@@ -470,6 +486,7 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
 
     # ---------------------------------------------------------------- resume
     record = _run_record(plan, epochs, seed, max_physical_batch, replicas, shuffle)
+    record["adaptive"] = adaptive.get_config() if adaptive is not None else None
     saved = None
     if checkpoint_dir is not None:
         if not isinstance(checkpoint_dir, (str, os.PathLike)):
@@ -494,13 +511,24 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
     measure = noise_scale_every_n_updates is not None
     accumulate = measure or any(s.accumulation > 1 for s in segs)
     ks = None
-    if accumulate:
+    if accumulate and adaptive is None:
         ks = [b // physical_batch(b, max_physical_batch, replicas) for b in plan.batch_size.values]
     # A later bstf.fit of the same model, optimizer and plan reuses the clock and the traced step (as
     # model.fit reuses its train_function): the trace captured the clock and the plan's constants.
     key = (id(optimizer), id(strategy), json.dumps(plan.get_config(), sort_keys=True), ks, momentum_follows, measure)
     cache = _CACHE.get(model)
-    if cache is not None and cache["key"] == key and model.optimizer is optimizer:
+    held = None
+    if adaptive is not None:  # batch and LR change at run time: held in variables the trace reads
+        key = None
+        with strategy.scope():
+            clock = Clock(plan.train_size)
+            held = (_Held(tf.Variable(adaptive.learning_rate, dtype=tf.float32, trainable=False)),
+                    _Held(tf.Variable(adaptive.batch // max_physical_batch, dtype=tf.int64, trainable=False)))
+            for h in held:
+                h.bind(clock)
+            wrapper = Accumulate(optimizer, held[1], clock=clock, statistics=True)
+        train_function = None
+    elif cache is not None and cache["key"] == key and model.optimizer is optimizer:
         clock, wrapper, train_function = cache["clock"], cache["wrapper"], cache["train_function"]
         clock.reset(0)
     else:
@@ -517,7 +545,7 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
     original_train_function = model.train_function
     # The plan's LR schedule replaces the LR variable for the run (the variable stays tracked, so the
     # optimizer's variable list — and saved files — keep their layout; it gets the final LR at the end).
-    optimizer._learning_rate = plan.learning_rate
+    optimizer._learning_rate = plan.learning_rate if held is None else held[0]
     if momentum_follows:
         optimizer.momentum = plan.momentum
     if wrapper is not None:
@@ -528,7 +556,7 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
             model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_dataset, seed, shuffle,
             shuffle_buffer, validation_batch_size, callbacks, logdir, checkpoint_dir, checkpoint_every_n_updates,
             log_every_n_updates, verbose, chief, record, saved, max_physical_batch, momentum_follows,
-            (noise_scale_every_n_updates, noise_scale_ema, wrapper))
+            (noise_scale_every_n_updates, noise_scale_ema, wrapper), (adaptive, held))
     finally:
         _CACHE[model] = {"key": key, "clock": clock, "wrapper": wrapper, "train_function": model.train_function}
         final_lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
@@ -540,6 +568,45 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
         model.optimizer = optimizer
         # model.fit must not run bstf's step (it reads the run's clock): give Keras its own function back.
         model.train_function = None if wrapper is not None else original_train_function
+
+
+class _Held(schedules.Schedule):
+    """A value held in a variable (set by the training loop), read in-graph like a schedule."""
+
+    def __init__(self, variable):
+        self.variable = variable
+
+    def value(self, epoch):
+        return self.variable.read_value()
+
+    def get_config(self):
+        return {"value": self.variable.numpy().item()}
+
+
+def _check_adaptive(adaptive, plan, max_physical_batch, replicas):
+    from bstf.analysis.adaptive import AdaptiveBatch
+
+    if not isinstance(adaptive, AdaptiveBatch):
+        raise TypeError(f"adaptive must be a bstf.analysis.AdaptiveBatch, got {type(adaptive).__name__}.")
+    if plan.milestones:
+        raise ValueError(
+            f"with adaptive=..., the controller sets the batch and the LR; the plan must have no milestones "
+            f"(got {list(plan.milestones)}): it supplies train_size and the momentum.")
+    if max_physical_batch is None:
+        raise ValueError(
+            "adaptive needs max_physical_batch: the micro-batch the noise scale is measured with; at most "
+            f"adaptive.min_batch / 2 = {adaptive.min_batch // 2} on one replica.")
+    if adaptive.granularity % max_physical_batch:
+        raise ValueError(
+            f"adaptive.granularity ({adaptive.granularity}) must be a multiple of max_physical_batch "
+            f"({max_physical_batch}) so that every batch is a whole number of micro-batches.")
+    if max_physical_batch % replicas:
+        raise ValueError(f"max_physical_batch ({max_physical_batch}) must divide by the {replicas} replicas.")
+    if (adaptive.min_batch // max_physical_batch) * replicas < 2:
+        raise ValueError(
+            f"at adaptive.min_batch={adaptive.min_batch} one micro-batch of {max_physical_batch} on "
+            f"{replicas} replica(s) leaves no small batch to measure the noise scale with; use "
+            f"max_physical_batch <= {adaptive.min_batch // 2}.")
 
 
 def _multi_worker(strategy):
@@ -606,7 +673,8 @@ def _scalar(value):
 
 def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_dataset, seed, shuffle,
            shuffle_buffer, validation_batch_size, callbacks, logdir, checkpoint_dir, checkpoint_every_n_updates,
-           log_every_n_updates, verbose, chief, record, saved, max_physical_batch, momentum_follows, noise):
+           log_every_n_updates, verbose, chief, record, saved, max_physical_batch, momentum_follows, noise,
+           adapt):
     n = plan.train_size
     replicas = strategy.num_replicas_in_sync
     first_spec = dataset.batch(segs[0].physical_batch, drop_remainder=True).element_spec
@@ -614,7 +682,7 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
 
     # ---------------------------------------------------------------- checkpoint and resume
     manager = None
-    history_so_far, phases_so_far = {}, []
+    history_so_far, phases_so_far, restored_state = {}, [], {}
     if checkpoint_dir is not None:
         ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, clock=clock,
                                    metrics=_metric_variables(model))
@@ -624,6 +692,7 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
             ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
             history_so_far = saved.get("history", {})
             phases_so_far = saved.get("phases", [])
+            restored_state = saved.get("state", {})
     start = int(clock.examples.numpy())
 
     history = keras.callbacks.History()
@@ -636,6 +705,15 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
         from bstf.analysis.noise_scale import NoiseScaleAverager
 
         averager = NoiseScaleAverager(noise_ema)
+        if "averager" in restored_state:
+            averager.count, averager._g2, averager._tr, averager._weight = restored_state["averager"]
+    adaptive, held = adapt
+    if adaptive is not None and "adaptive" in restored_state:
+        a = restored_state["adaptive"]
+        adaptive.batch, adaptive.last_change, adaptive.last_updates = a["batch"], a["last_change"], a["last_updates"]
+        adaptive.changes = [tuple(c) for c in a["changes"]]
+        held[0].variable.assign(adaptive.learning_rate)
+        held[1].variable.assign(adaptive.batch // max_physical_batch)
     cb = keras.callbacks.CallbackList([*callbacks, history], add_history=False, add_progbar=False, model=model,
                                       verbose=verbose, epochs=math.ceil(epochs), steps=None)
     board = _Board(logdir, chief)
@@ -664,9 +742,10 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
             model.reset_metrics()
         cb.on_epoch_begin(e)
         if verbose == 1 and chief:
-            seg = next((s for s in segs if s.end_examples > examples), segs[-1])
-            print(f"Epoch {e + 1}/{math.ceil(epochs)} - phase {seg.index} - batch {seg.batch_size}"
-                  + (f" ({seg.accumulation} x {seg.physical_batch})" if seg.accumulation > 1 else ""))
+            now = (next((s for s in segs if s.end_examples > examples), segs[-1]) if adaptive is None
+                   else Segment(len(adaptive.changes), examples, 0, adaptive.batch, max_physical_batch))
+            print(f"Epoch {e + 1}/{math.ceil(epochs)} - phase {now.index} - batch {now.batch_size}"
+                  + (f" ({now.accumulation} x {now.physical_batch})" if now.accumulation > 1 else ""))
             progbar = keras.utils.Progbar(int(epoch_end(e) - e * n), verbose=1, unit_name="example",
                                           stateful_metrics=["lr"])
 
@@ -698,14 +777,30 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
             return
         manager.save(checkpoint_number=updates)
         if chief:
+            state = {}
+            if averager is not None:
+                state["averager"] = [averager.count, averager._g2, averager._tr, averager._weight]
+            if adaptive is not None:
+                state["adaptive"] = {"batch": adaptive.batch, "last_change": adaptive.last_change,
+                                     "last_updates": adaptive.last_updates, "changes": adaptive.changes}
             _save_run(checkpoint_dir, record, {"history": history.history, "phases": state_phases,
-                                               "examples": examples, "updates": updates})
+                                               "examples": examples, "updates": updates, "state": state})
 
     phases = [dict(p) for p in phases_so_far]
     logs = None
     begin_epoch(epoch, fresh=not metric_vars_restored)
     stopped = False
-    for seg in segs:
+    def segment_source():
+        if adaptive is None:
+            yield from segs
+            return
+        while examples < epochs * n and not stopped:
+            batch = adaptive.batch
+            yield Segment(len(adaptive.changes), examples, math.ceil((epochs * n - examples) / batch), batch,
+                          max_physical_batch)
+
+    seg = segs[0]
+    for seg in segment_source():
         if seg.end_examples <= examples:
             continue
         done = (examples - seg.start_examples) // seg.batch_size
@@ -715,17 +810,20 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
         if phases and phases[-1]["index"] == seg.index:
             phase = phases[-1]
         else:
-            lr0 = plan.at(float(_f32_epoch(examples, n))).learning_rate
+            lr0 = (plan.at(float(_f32_epoch(examples, n))).learning_rate if adaptive is None
+                   else adaptive.learning_rate)
             phase = {"index": seg.index, "start_epoch": seg.start_examples / n, "end_epoch": seg.end_examples / n,
                      "batch_size": seg.batch_size, "physical_batch": seg.physical_batch,
                      "accumulation": seg.accumulation, "learning_rate": lr0, "momentum": plan.momentum_value,
                      "noise_scale": n * lr0 / (seg.batch_size * (1 - plan.momentum_value)),
                      "updates": 0, "wall_time": 0.0}
             phases.append(phase)
-            if verbose and chief and len(segs) > 1:
-                print(f"Phase {seg.index}: epochs {phase['start_epoch']:.3g}-{phase['end_epoch']:.3g}, batch "
-                      f"{seg.batch_size} ({seg.accumulation} x {seg.physical_batch}), lr {lr0:.4g}, momentum "
-                      f"{plan.momentum_value:g}, {seg.updates} updates")
+            if verbose and chief and (len(segs) > 1 or adaptive is not None):
+                span = (f"epochs {phase['start_epoch']:.3g}-{phase['end_epoch']:.3g}" if adaptive is None
+                        else f"from epoch {phase['start_epoch']:.3g} (adaptive)")
+                print(f"Phase {seg.index}: {span}, batch {seg.batch_size} ({seg.accumulation} x "
+                      f"{seg.physical_batch}), lr {lr0:.4g}, momentum {plan.momentum_value:g}"
+                      + (f", {seg.updates} updates" if adaptive is None else ""))
         iterator = _distributed_iterator(
             strategy, _stream(dataset, n, seed, examples, seg.end_examples, shuffle, shuffle_buffer), seg.physical_batch)
         if model.train_function is None and _multi_worker(strategy):
@@ -735,6 +833,7 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
         t0 = time.perf_counter()
         last_bar = 0.0
         advance = tf.constant(seg.batch_size, tf.int64)  # one eager op per update: assign_add(constant)
+        changed = False
         for _ in range(seg.updates - done):
             cb.on_train_batch_begin(updates)
             log_now = board.enabled and (updates + 1) % log_every_n_updates == 0
@@ -767,6 +866,12 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
                                       estimate_trace_sigma(g_small, g_big, b_small, b_big))
                 board.scalars("train", {"measured_b_simple": est.b_simple, "measured_grad_norm_sq": est.grad_norm_sq,
                                         "measured_trace_sigma": est.trace_sigma}, examples)
+                if adaptive is not None and math.isfinite(est.b_simple):
+                    batch, lr = adaptive.update(est.b_simple, updates)
+                    if batch != seg.batch_size:
+                        held[0].variable.assign(lr)
+                        held[1].variable.assign(batch // seg.physical_batch)
+                        changed = True
             crossed = False
             while examples >= epoch_end(epoch) and epoch <= last_epoch:
                 phase["wall_time"] += time.perf_counter() - t0
@@ -783,11 +888,14 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
             if model.stop_training:
                 stopped = True
                 break
+            if changed:  # the controller chose another batch: next segment
+                break
         phase["wall_time"] += time.perf_counter() - t0
+        phase["end_epoch"] = examples / n
         if stopped:
             break
     if not stopped and epoch <= last_epoch:  # the plan ended mid-epoch (float epochs)
-        end_epoch(epoch, logs, segs[-1])
+        end_epoch(epoch, logs, seg)
         save(phases)
 
     if board.enabled:

@@ -424,3 +424,86 @@ def test_callbacks_get_the_run_clock():
 
     bstf.fit(_model(), DATA, _plan(), 2, seed=0, verbose=0, callbacks=[WithClock()])
     assert seen == [240, 480]
+
+
+# ============================================================================ adaptive batch
+def _teacher(n=2048, d=12, k=4, seed=0):
+    rng = np.random.RandomState(seed)
+    x = rng.randn(n, d).astype("float32")
+    y = np.argmax(x @ rng.randn(d, k) + 0.5 * rng.gumbel(size=(n, k)), axis=1).astype("int64")
+    return tf.data.Dataset.from_tensor_slices((x, y)), n
+
+
+def _adaptive_model(seed=1):
+    keras.utils.set_random_seed(seed)
+    m = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(4)])
+    m.compile(keras.optimizers.SGD(0.05, momentum=0.9), LOSS, metrics=["accuracy"])
+    return m
+
+
+def _controller():
+    return bstf.analysis.AdaptiveBatch(32, 512, multiplier=1.0, every_n_updates=10, lr_rule="sqrt", base_lr=0.05,
+                                       base_batch=32, granularity=16)
+
+
+class _Crash(keras.callbacks.Callback):
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 == self.at:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_adaptive_batch_follows_the_measured_noise_scale(tmp_path):
+    data, n = _teacher()
+    plan = bstf.NoiseScalePlan(n, 0.05, 32, base_momentum=0.9)
+    ctrl = _controller()
+    logdir = str(tmp_path / "tb")
+    h = bstf.fit(_adaptive_model(), data, plan, 4, adaptive=ctrl, max_physical_batch=16, seed=0, verbose=0,
+                 noise_scale_every_n_updates=2, logdir=logdir, log_every_n_updates=1)
+    assert ctrl.changes, "the batch never changed"
+    assert [p["batch_size"] for p in h.phases] == [32] + [b for _, b, _ in ctrl.changes]
+    assert sum(p["updates"] for p in h.phases) == h.updates
+    assert h.examples >= 4 * n > h.examples - h.phases[-1]["batch_size"]
+    ev = _events(logdir)
+    for (step, lr), (_, batch) in zip(ev["train/learning_rate"], ev["train/batch_size"]):
+        # the LR each update used is the controller's sqrt-coupled LR for that update's batch
+        assert lr == pytest.approx(0.05 * np.sqrt(batch / 32), rel=1e-6)
+    assert {b for _, b in ev["train/accumulation"]} == {p["accumulation"] for p in h.phases}
+
+
+def test_adaptive_batch_resumes_exactly(tmp_path):
+    data, n = _teacher()
+    plan = bstf.NoiseScalePlan(n, 0.05, 32, base_momentum=0.9)
+    kw = dict(max_physical_batch=16, seed=0, verbose=0, noise_scale_every_n_updates=2)
+    full = _adaptive_model()
+    ctrl_full = _controller()
+    h_full = bstf.fit(full, data, plan, 3, adaptive=ctrl_full, **kw)
+    d = str(tmp_path / "ckpt")
+    with pytest.raises(KeyboardInterrupt):
+        bstf.fit(_adaptive_model(), data, plan, 3, adaptive=_controller(), checkpoint_dir=d,
+                 checkpoint_every_n_updates=4, callbacks=[_Crash(h_full.updates // 2 + 1)], **kw)
+    resumed = _adaptive_model()
+    ctrl = _controller()
+    h = bstf.fit(resumed, data, plan, 3, adaptive=ctrl, checkpoint_dir=d, checkpoint_every_n_updates=4, **kw)
+    assert ctrl.changes == ctrl_full.changes and h.updates == h_full.updates
+    for a, b in zip(full.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"max_physical_batch": None}, "adaptive needs max_physical_batch"),
+    ({"max_physical_batch": 32, "adaptive": bstf.analysis.AdaptiveBatch(32, 512, base_lr=0.05, base_batch=32,
+                                                                        granularity=32)}, "leaves no small batch"),
+    ({"max_physical_batch": 12}, "granularity \\(16\\) must be a multiple of max_physical_batch"),
+    ({"plan": bstf.NoiseScalePlan(2048, 0.05, 32, milestones=[1])}, "plan must have no milestones"),
+    ({"adaptive": "auto"}, "adaptive must be a bstf.analysis.AdaptiveBatch"),
+])
+def test_adaptive_bad_input(kwargs, match):
+    data, n = _teacher()
+    args = {"plan": bstf.NoiseScalePlan(n, 0.05, 32, base_momentum=0.9), "adaptive": _controller(),
+            "max_physical_batch": 16, **kwargs}
+    with pytest.raises((ValueError, TypeError), match=match):
+        bstf.fit(_adaptive_model(), data, args.pop("plan"), 1, verbose=0, **args)
