@@ -48,7 +48,7 @@ import tensorflow as tf
 from bstf import distribute
 from bstf import schedules
 from bstf.clock import Clock
-from bstf.analysis.noise_scale import estimate_grad_norm_sq, estimate_trace_sigma
+from bstf.analysis.noise_scale import NoiseScaleAverager, estimate_grad_norm_sq, estimate_trace_sigma
 from bstf.optimizers.accumulate import Accumulate
 from bstf.plan import NoiseScalePlan
 
@@ -702,16 +702,12 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
     noise_every, noise_ema, wrapper = noise
     averager = None
     if noise_every is not None:
-        from bstf.analysis.noise_scale import NoiseScaleAverager
-
         averager = NoiseScaleAverager(noise_ema)
         if "averager" in restored_state:
-            averager.count, averager._g2, averager._tr, averager._weight = restored_state["averager"]
+            averager.set_state(restored_state["averager"])
     adaptive, held = adapt
     if adaptive is not None and "adaptive" in restored_state:
-        a = restored_state["adaptive"]
-        adaptive.batch, adaptive.last_change, adaptive.last_updates = a["batch"], a["last_change"], a["last_updates"]
-        adaptive.changes = [tuple(c) for c in a["changes"]]
+        adaptive.set_state(restored_state["adaptive"])
         held[0].variable.assign(adaptive.learning_rate)
         held[1].variable.assign(adaptive.batch // max_physical_batch)
     cb = keras.callbacks.CallbackList([*callbacks, history], add_history=False, add_progbar=False, model=model,
@@ -779,10 +775,9 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
         if chief:
             state = {}
             if averager is not None:
-                state["averager"] = [averager.count, averager._g2, averager._tr, averager._weight]
+                state["averager"] = averager.get_state()
             if adaptive is not None:
-                state["adaptive"] = {"batch": adaptive.batch, "last_change": adaptive.last_change,
-                                     "last_updates": adaptive.last_updates, "changes": adaptive.changes}
+                state["adaptive"] = adaptive.get_state()
             _save_run(checkpoint_dir, record, {"history": history.history, "phases": state_phases,
                                                "examples": examples, "updates": updates, "state": state})
 

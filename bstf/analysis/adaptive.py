@@ -83,6 +83,16 @@ class AdaptiveBatch:
         self.last_updates = None
         self.changes = []  # (updates, batch, lr) at every change
 
+    def get_state(self):
+        """The controller's state (batch, last change, changes) as a JSON-able dict."""
+        return {"batch": self.batch, "last_change": self.last_change, "last_updates": self.last_updates,
+                "changes": [list(c) for c in self.changes]}
+
+    def set_state(self, state):
+        """Restores :meth:`get_state`'s dict (e.g. when a checkpointed run resumes)."""
+        self.batch, self.last_change, self.last_updates = state["batch"], state["last_change"], state["last_updates"]
+        self.changes = [tuple(c) for c in state["changes"]]
+
     @property
     def learning_rate(self):
         """The LR coupled to the current batch."""

@@ -118,6 +118,14 @@ class NoiseScaleAverager:
             self._weight = b * self._weight + (1 - b)
         return self.estimate
 
+    def get_state(self):
+        """The running sums as a JSON-able list (checkpointed by ``bstf.fit``)."""
+        return [self.count, self._g2, self._tr, self._weight]
+
+    def set_state(self, state):
+        """Restores :meth:`get_state`'s list."""
+        self.count, self._g2, self._tr, self._weight = int(state[0]), *(float(v) for v in state[1:])
+
     @property
     def grad_norm_sq(self):
         return self._g2 / self._weight if self._weight else float("nan")

@@ -1,3 +1,4 @@
+import json
 import math
 
 import keras
@@ -68,3 +69,13 @@ def test_config_round_trip():
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         _controller(**kw)
+
+
+def test_state_round_trip():
+    a = AdaptiveBatch(32, 512, every_n_updates=1, base_lr=0.1, base_batch=32, granularity=16)
+    a.update(100.0, 5)
+    a.update(300.0, 9)
+    b = AdaptiveBatch(32, 512, every_n_updates=1, base_lr=0.1, base_batch=32, granularity=16)
+    b.set_state(json.loads(json.dumps(a.get_state())))
+    assert (b.batch, b.last_change, b.last_updates, b.changes) == (a.batch, a.last_change, a.last_updates, a.changes)
+    assert b.update(50.0, 12) == a.update(50.0, 12)

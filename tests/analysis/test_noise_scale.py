@@ -176,3 +176,13 @@ def test_bad_input():
         analysis.noise_scale(frozen, (x, y), 8, 32, loss=half_mse)
     with pytest.raises(ValueError, match="small_batch .* must be smaller"):
         analysis.estimate_noise_scale(1.0, 2.0, 64, 16)
+
+
+def test_averager_state_round_trip():
+    a = analysis.NoiseScaleAverager(ema=0.9)
+    for g2, tr in [(1.0, 30.0), (0.8, 35.0), (1.2, 20.0)]:
+        a.update(g2, tr)
+    b = analysis.NoiseScaleAverager(ema=0.9)
+    b.set_state(a.get_state())
+    assert b.estimate == a.estimate and b.count == 3
+    assert b.update(1.0, 25.0) == a.update(1.0, 25.0)
