@@ -113,10 +113,11 @@ def _check_outputs(res, workdir, config):
         assert math.isfinite(s["distance_from_init"]) and s["distance_from_init"] > 0
         assert s["best_lr"] in config.lr_grid
         assert len(s["test_accuracy_curve"]) == config.epochs
-        # total² = Σ per-layer²
-        per_layer = s["distance_from_init_per_layer"]
-        assert set(per_layer) == {f"dense_{i}" for i in range(1, config.depth + 1)} | {"logits"}
-        assert s["distance_from_init"] == pytest.approx(np.sqrt(sum(v * v for v in per_layer.values())))
+        assert set(s["distance_from_init_per_layer"]) == {f"dense_{i}" for i in range(1, config.depth + 1)} | {"logits"}
+        for run in on_disk["runs"]:  # total² = Σ per-layer² in every run (not in the means over seeds)
+            r = run["fixed_lr"][str(b)]
+            per_layer = r["distance_from_init_per_layer"].values()
+            assert r["distance_from_init"] == pytest.approx(np.sqrt(sum(v * v for v in per_layer)))
         assert s["scaled_learning_rate"] == pytest.approx(config.base_lr * b / config.base_batch)
     small, big = config.batch_sizes[0], config.batch_sizes[-1]
     assert summary[str(small)]["updates"] > summary[str(big)]["updates"]
