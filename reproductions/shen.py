@@ -532,6 +532,8 @@ def _markdown(config, summary, acc, runs, sweep, gradients, train, test):
     fixed_acc = [summary[str(b)]["test_accuracy"] for b in batches]
     fixed_d = [summary[str(b)]["distance_from_init"] for b in batches]
     scaled_d = [summary[str(b)]["distance_from_init_scaled_lr"] for b in batches]
+    diverged = [b for b, d in zip(batches, scaled_d) if not np.isfinite(d)]  # scaled LR too large
+    stable_d = [d for d in scaled_d if np.isfinite(d)] or [float("nan")]
     control_gap = min(summary[str(small)]["test_accuracy"] - summary[str(b)]["control"]["test_accuracy"]
                       for b in config.controls)
     g_small, g_big = gradients[str(config.histogram_sizes[0])], gradients[str(config.histogram_sizes[-1])]
@@ -551,8 +553,10 @@ def _markdown(config, summary, acc, runs, sweep, gradients, train, test):
          f"vs {summary[str(small)]['test_accuracy']:.1f} % at batch {small}"),
         (SHEN["claims"]["distance"], "yes", _decreasing([np.log(d) for d in fixed_d], np.log1p(rel)),
          " → ".join(f"{d:.2f}" for d in fixed_d)),
-        (SHEN["claims"]["distance_scaled"], "yes", _sign(np.log(scaled_d[-1] / scaled_d[0]), np.log1p(rel)),
-         " → ".join(f"{d:.2f}" for d in scaled_d)),
+        (SHEN["claims"]["distance_scaled"], "yes", _sign(np.log(stable_d[-1] / stable_d[0]), np.log1p(rel)),
+         " → ".join(f"{d:.2f}" for d in scaled_d)
+         + (f" (diverged at batch {', '.join(map(str, diverged))}: compared up to the last finite one)"
+            if diverged else "")),
         (SHEN["claims"]["gradients"], "yes", _sign(np.log(g_small["value_std"] / g_big["value_std"]), np.log1p(rel)),
          f"std {g_small['value_std']:.3g} vs {g_big['value_std']:.3g}; ‖g‖ {g_small['norm_mean']:.3g} vs "
          f"{g_big['norm_mean']:.3g}"),
