@@ -12,19 +12,13 @@ The best pair and the default are then retrained from the same initial
 weights on the whole training split and compared on the test split.
 """
 
+import argparse
 import time
 
-from absl import app, flags
 import keras
 import keras_tuner as kt
-import numpy as np
 
 import bstf
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "/tmp/tuner_search", "keras-tuner's directory.")
-flags.DEFINE_integer("max_trials", 10, "Random-search trials.")
-flags.DEFINE_integer("epochs", 4, "Training budget per trial (epochs).")
 
 DEFAULT_BATCH, DEFAULT_LR = 32, 0.01  # keras Model.fit's and keras.optimizers.SGD's defaults
 
@@ -81,9 +75,13 @@ def run(workdir, max_trials=10, epochs=4, num_samples=4000):
                 best=(best_batch, best_lr, best_acc, best_s))
 
 
-def main(argv):
-    del argv
-    r = run(FLAGS.workdir, FLAGS.max_trials, FLAGS.epochs)
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", default="/tmp/tuner_search", help="keras-tuner's directory")
+    p.add_argument("--max_trials", type=int, default=10, help="random-search trials")
+    p.add_argument("--epochs", type=int, default=4, help="training budget per trial (epochs)")
+    args = p.parse_args()
+    r = run(args.workdir, args.max_trials, args.epochs)
     print(f"search: {len(r['trials'])} trials in {r['search_seconds']:.0f} s\n")
     print("| batch | LR multiplier | learning rate | val accuracy |\n|---:|---:|---:|---:|")
     for b, m, lr, s in r["trials"]:
@@ -95,4 +93,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()
