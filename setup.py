@@ -34,6 +34,7 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "pytest-xdist", "build"],
+        "docs": ["mkdocs>=1.5", "mkdocstrings[python]>=0.24"],
     },
     entry_points={"console_scripts": ["bstf=bstf.cli:main"]},
     license="Apache-2.0",
