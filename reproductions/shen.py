@@ -560,7 +560,10 @@ def _markdown(config, summary, acc, runs, sweep, gradients, train, test):
         (SHEN["claims"]["gradients"], "yes", _sign(np.log(g_small["value_std"] / g_big["value_std"]), np.log1p(rel)),
          f"std {g_small['value_std']:.3g} vs {g_big['value_std']:.3g}; ‖g‖ {g_small['norm_mean']:.3g} vs "
          f"{g_big['norm_mean']:.3g}"),
-        (SHEN["claims"]["accumulation"], "yes", "yes" if acc_gap <= tol else "**no**",
+        (SHEN["claims"]["accumulation"], "yes",
+         "— (diverged)" if not (np.isfinite(acc["true_distance_from_init"]) and
+                               np.isfinite(acc["accumulated_distance_from_init"]))
+         else "yes" if acc_gap <= tol else "**no**",
          f"test {acc['true_test_accuracy']:.2f} vs {acc['accumulated_test_accuracy']:.2f} %"),
     ]
     claims_table = common.markdown_table(["Shen's observation", "Shen", "ours", "numbers"], claims)
