@@ -105,7 +105,7 @@ class BatchSizeReport:
                 f"{self.base_lr:g} at batch {self.base_batch})",
                 "suggested plan: bstf.NoiseScalePlan("
                 f"train_size={self.train_size}, base_lr={self.base_lr:g}, "
-                f"base_batch={self.base_batch}, batch_size={b}, lr_rule={self.lr_rule!r}, "
+                f"base_batch={self.base_batch}, batch={b}, lr_rule={self.lr_rule!r}, "
                 "warmup_epochs=5, milestones=..., mode='increase_batch', "
                 f"max_batch={max(m.batch_size for m in self.ok)})",
             ]

@@ -51,6 +51,10 @@ def test_predicted_tradeoff_matches_mccandlish():
     assert report.predicted(1000)[:2] == pytest.approx((1.1, 11.0))
     text = report.summary()
     assert "recommended batch size: 100" in text and "<- recommended" in text
+    # the suggested plan is code a user can paste (with their milestones)
+    line = next(l for l in text.splitlines() if l.startswith("suggested plan: "))
+    plan = eval(line[len("suggested plan: "):].replace("milestones=...", "milestones=[30]"), {"bstf": bstf})
+    assert plan.at(0).batch_size == 100 and plan.at(0).learning_rate == pytest.approx(0.1 * 100 / 100)
 
 
 def test_stops_at_data_size_and_reports_oom(monkeypatch):
