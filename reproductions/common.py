@@ -170,6 +170,16 @@ class Config:
 _CONVERTERS = {"seeds": lambda n: tuple(range(n))}
 
 
+def define_flag(kind, name, *args, **kwargs):
+    """``flags.DEFINE_<kind>(name, *args, **kwargs)`` unless the flag exists already.
+
+    Scripts share flag names (``--base_lr``, ``--base_batch``, ...); a process that imports several of
+    them (the test suite) keeps the first definition — same name, same type — instead of failing.
+    """
+    if name not in FLAGS:
+        getattr(flags, f"DEFINE_{kind}")(name, *args, **kwargs)
+
+
 def config_from_flags(presets, converters=None, flag_values=FLAGS, argv=None):
     """The preset's config (``presets[--preset]()``) with the given flags applied.
 

@@ -55,14 +55,14 @@ import bstf  # noqa: E402
 from bstf import schedules  # noqa: E402
 from reproductions import common, resnets  # noqa: E402
 
-flags.DEFINE_list("multiples", None, "Batch multiples k of the base batch, e.g. 1,2,4,8,16,32 (default: the preset's).")
-flags.DEFINE_list("ablation_multiples", None, "Multiples k that also get the ablations (default: the largest).")
-flags.DEFINE_list("variants", None, "Ablation variants (default: all of " + ",".join(
+common.define_flag("list", "multiples", None, "Batch multiples k of the base batch, e.g. 1,2,4,8,16,32 (default: the preset's).")
+common.define_flag("list", "ablation_multiples", None, "Multiples k that also get the ablations (default: the largest).")
+common.define_flag("list", "variants", None, "Ablation variants (default: all of " + ",".join(
     ("no_warmup", "constant_warmup", "sqrt_warmup", "no_scaling")) + ").")
-flags.DEFINE_integer("base_batch", None, "Base batch B0 (default: the preset's; 256 in the paper).")
-flags.DEFINE_float("base_lr", None, "LR η0 at B0 (default: the preset's; 0.1 in the paper).")
-flags.DEFINE_float("warmup_epochs", None, "Warmup epochs (default: the preset's; 5 in the paper).")
-flags.DEFINE_integer("max_physical_batch", None, "Largest batch fed at once; larger ones accumulate.")
+common.define_flag("integer", "base_batch", None, "Base batch B0 (default: the preset's; 256 in the paper).")
+common.define_flag("float", "base_lr", None, "LR η0 at B0 (default: the preset's; 0.1 in the paper).")
+common.define_flag("float", "warmup_epochs", None, "Warmup epochs (default: the preset's; 5 in the paper).")
+common.define_flag("integer", "max_physical_batch", None, "Largest batch fed at once; larger ones accumulate.")
 
 VARIANTS = ("linear_warmup", "no_warmup", "constant_warmup", "sqrt_warmup", "no_scaling")
 ABLATIONS = VARIANTS[1:]

@@ -40,11 +40,10 @@ import bstf  # noqa: E402
 import bstf.analysis  # noqa: E402
 from reproductions import common, networks  # noqa: E402
 
-if "network" not in flags.FLAGS:  # module reloaded (tests): the flag exists already
-    flags.DEFINE_enum("network", None, list(networks.NAMES),
-                      "Network (default: the preset's). With --preset=paper the data set follows it (F1: "
-                      "tfds:mnist, C1/C2: tfds:cifar10, C3/C4: tfds:cifar100; F2: give --dataset); with "
-                      "--preset=quick, C1-small runs on the offline digits images.")
+common.define_flag("enum", "network", None, list(networks.NAMES),
+                  "Network (default: the preset's). With --preset=paper the data set follows it (F1: "
+                  "tfds:mnist, C1/C2: tfds:cifar10, C3/C4: tfds:cifar100; F2: give --dataset); with "
+                  "--preset=quick, C1-small runs on the offline digits images.")
 
 # ----------------------------------------------------------------------------- the paper's numbers
 # Table 2 (accuracy %, mean ± std over 5 runs), Table 3 (φ, full space), Table 4 (φ, 100-d subspace).

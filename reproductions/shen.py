@@ -50,11 +50,10 @@ import bstf.analysis  # noqa: E402
 from bstf.schedules import scaled_learning_rate  # noqa: E402
 from reproductions import common, networks  # noqa: E402
 
-if "batch_sizes" not in flags.FLAGS:  # module reloaded (tests): the flags exist already
-    flags.DEFINE_list("batch_sizes", None,
-                      "Batch sizes to compare, e.g. 32,64,128,256,512,1024 (default: the preset's).")
-    flags.DEFINE_float("base_lr", None, "LR at --base_batch (default: the preset's, 0.01).")
-    flags.DEFINE_integer("base_batch", None, "Batch size of --base_lr (default 32).")
+common.define_flag("list", "batch_sizes", None,
+                  "Batch sizes to compare, e.g. 32,64,128,256,512,1024 (default: the preset's).")
+common.define_flag("float", "base_lr", None, "LR at --base_batch (default: the preset's, 0.01).")
+common.define_flag("integer", "base_batch", None, "Batch size of --base_lr (default 32).")
 
 # Shen's observations (blog post), as the table's reference column.
 SHEN = {

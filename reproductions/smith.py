@@ -57,11 +57,11 @@ from reproductions import common, resnets  # noqa: E402
 SCHEDULES = ("decay_lr", "hybrid", "increase_batch", "scaled_lr_batch", "increase_momentum")
 MAIN_SCHEDULES = SCHEDULES[:3]
 
-flags.DEFINE_list("schedules", None, "Schedules to train (default: all of " + ",".join(SCHEDULES) + ").")
-flags.DEFINE_float("base_lr", None, "Initial LR ε (default: the preset's; 0.1 in the paper).")
-flags.DEFINE_integer("base_batch", None, "Initial batch B (default: the preset's; 128 in the paper).")
-flags.DEFINE_integer("max_batch", None, "Largest batch of the plans (default: the preset's; 5120 in the paper).")
-flags.DEFINE_integer("max_physical_batch", None, "Largest batch fed at once; larger ones accumulate.")
+common.define_flag("list", "schedules", None, "Schedules to train (default: all of " + ",".join(SCHEDULES) + ").")
+common.define_flag("float", "base_lr", None, "Initial LR ε (default: the preset's; 0.1 in the paper).")
+common.define_flag("integer", "base_batch", None, "Initial batch B (default: the preset's; 128 in the paper).")
+common.define_flag("integer", "max_batch", None, "Largest batch of the plans (default: the preset's; 5120 in the paper).")
+common.define_flag("integer", "max_physical_batch", None, "Largest batch fed at once; larger ones accumulate.")
 
 # ----------------------------------------------------------------------------- the paper's outcomes
 # Smith et al. report these as curves (Fig. 2, 3, 5) and statements, not tables; the update counts of the

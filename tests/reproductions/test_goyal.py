@@ -142,7 +142,7 @@ def test_tiny_run(tmp_path):
     summary, md = _check_outputs(tmp_path, config, results)
     big = summary["32"]
     # The linear rule scales the LR with the batch; the large batch accumulates 2 micro-batches of 16.
-    assert big["linear_warmup"]["learning_rate"] == pytest.approx(4 * 0.05)
+    assert big["linear_warmup"]["learning_rate"] == pytest.approx(4 * config.base_lr)
     assert big["linear_warmup"]["accumulation"] == 2
     assert summary["8"]["linear_warmup"]["updates"] == 4 * big["linear_warmup"]["updates"] == 4 * 2 * 400 // 32
     assert "linear rule, no warmup" in md and results["paper"]["8192"]["no_warmup"]["test_error"] == 24.84
