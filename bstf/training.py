@@ -470,6 +470,12 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
         val_dataset, _ = _as_dataset(validation_data, "validation_data")
         if _looks_batched(val_dataset):
             raise ValueError("validation_data looks batched; pass the unbatched dataset (e.g. dataset.unbatch()).")
+    if noise_scale_every_n_updates is not None:
+        noise_scale_every_n_updates = _check_int("noise_scale_every_n_updates", noise_scale_every_n_updates)
+    NoiseScaleAverager(noise_scale_ema)  # validates the EMA decay now, not mid-run
+    if isinstance(callbacks, keras.callbacks.Callback) or not all(
+            isinstance(c, keras.callbacks.Callback) for c in callbacks):
+        raise TypeError(f"callbacks must be a list of keras.callbacks.Callback, got {callbacks!r}.")
     momentum_follows = _check_momentum(optimizer, plan)
     if adaptive is not None:
         _check_adaptive(adaptive, plan, max_physical_batch, replicas)
@@ -506,8 +512,6 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
     record["seed"] = seed
 
     # ---------------------------------------------------------------- state
-    if noise_scale_every_n_updates is not None:
-        noise_scale_every_n_updates = _check_int("noise_scale_every_n_updates", noise_scale_every_n_updates)
     measure = noise_scale_every_n_updates is not None
     accumulate = measure or any(s.accumulation > 1 for s in segs)
     ks = None
