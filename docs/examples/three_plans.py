@@ -12,18 +12,13 @@ charts put the three on one axis (examples seen), and ``learning_rate`` /
 end has test accuracy, parameter updates and wall clock.
 """
 
+import argparse
 import os
 import time
 
-from absl import app, flags
 import keras
 
 import bstf
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("logdir", "/tmp/three_plans", "TensorBoard root (one run per mode).")
-flags.DEFINE_integer("epochs", 30, "Epochs per run.")
-flags.DEFINE_integer("num_samples", 5000, "mnist1d examples generated (80 % train).")
 
 
 def model_for(data, seed=0):
@@ -57,14 +52,18 @@ def run(logdir, epochs=30, num_samples=5000):
     return results
 
 
-def main(argv):
-    del argv
-    results = run(FLAGS.logdir, FLAGS.epochs, FLAGS.num_samples)
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--logdir", default="/tmp/three_plans", help="TensorBoard root (one run per mode)")
+    p.add_argument("--epochs", type=int, default=30, help="epochs per run")
+    p.add_argument("--num_samples", type=int, default=5000, help="mnist1d examples generated (80 %% train)")
+    args = p.parse_args()
+    results = run(args.logdir, args.epochs, args.num_samples)
     print("| mode | test accuracy | updates | seconds |\n|---|---|---|---|")
     for mode, (acc, updates, seconds) in results.items():
         print(f"| {mode} | {100 * acc:.1f} % | {updates} | {seconds:.0f} |")
-    print(f"\ntensorboard --logdir={FLAGS.logdir}")
+    print(f"\ntensorboard --logdir={args.logdir}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()
