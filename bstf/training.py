@@ -296,8 +296,14 @@ def _stream(dataset, train_size, seed, start_examples, end_examples, shuffle, sh
     return stream.skip(offset) if offset else stream
 
 
-def _distributed_iterator(strategy, stream, physical):
-    ds = stream.batch(physical, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+def _batches(dataset, train_size, seed, start_examples, end_examples, shuffle, shuffle_buffer, physical):
+    """The stream's batches of ``physical`` examples (static shape) from example ``start_examples`` on."""
+    stream = _stream(dataset, train_size, seed, start_examples, end_examples, shuffle, shuffle_buffer)
+    return stream.batch(physical, drop_remainder=True)
+
+
+def _distributed_iterator(strategy, batches):
+    ds = batches.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     ds = ds.with_options(options)
@@ -823,8 +829,8 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
                 print(f"Phase {seg.index}: {span}, batch {seg.batch_size} ({seg.accumulation} x "
                       f"{seg.physical_batch}), lr {lr0:.4g}, momentum {plan.momentum_value:g}"
                       + (f", {seg.updates} updates" if adaptive is None else ""))
-        iterator = _distributed_iterator(
-            strategy, _stream(dataset, n, seed, examples, seg.end_examples, shuffle, shuffle_buffer), seg.physical_batch)
+        iterator = _distributed_iterator(strategy, _batches(
+            dataset, n, seed, examples, seg.end_examples, shuffle, shuffle_buffer, seg.physical_batch))
         if model.train_function is None and _multi_worker(strategy):
             step = _multi_worker_step(model, strategy, "train_step")
             model.train_function = lambda it: step(next(it))
