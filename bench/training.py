@@ -35,8 +35,8 @@ flags.DEFINE_enum("part", "all", ["all", "overhead", "plans"], "What to measure.
 flags.DEFINE_string("dataset", "mnist1d", "bstf.data.load name (offline).")
 flags.DEFINE_integer("width", 256, "Hidden width of the MLP.")
 flags.DEFINE_integer("batch_size", 128, "Overhead part: the batch of both loops.")
-flags.DEFINE_integer("overhead_epochs", 5, "Overhead part: epochs per timed run.")
-flags.DEFINE_integer("repeats", 5, "Overhead part: rounds of (model.fit, bstf.fit).")
+flags.DEFINE_integer("overhead_epochs", 20, "Overhead part: epochs per timed run.")
+flags.DEFINE_integer("repeats", 7, "Overhead part: rounds of (model.fit, bstf.fit).")
 flags.DEFINE_integer("epochs", 30, "Plans part: epochs.")
 flags.DEFINE_float("lr", 0.05, "Plans part: base learning rate.")
 flags.DEFINE_integer("base_batch", 32, "Plans part: starting batch.")
@@ -81,11 +81,13 @@ def overhead(train):
         for kind in (("keras", "bstf") if r % 2 == 0 else ("bstf", "keras")):
             (ks if kind == "keras" else bs).append(run_keras(epochs) if kind == "keras" else run_bstf(epochs))
     k, s = statistics.median(ks), statistics.median(bs)
+    ratios = sorted(b / a for a, b in zip(ks, bs))
     print(f"\n### Overhead: MLP {FLAGS.width}x2 on {FLAGS.dataset} ({train.size} examples), batch {batch}, "
           f"{epochs} epochs x {FLAGS.repeats} rounds (median)\n")
     print("| loop | examples/s | ratio |\n|---|---|---|")
     print(f"| model.fit | {k:,.0f} | 1.00 |")
     print(f"| bstf.fit (constant plan) | {s:,.0f} | {s / k:.2f} |")
+    print(f"\nper-round ratios (bstf / keras, same round): {', '.join(f'{r:.2f}' for r in ratios)}")
 
 
 def plans(train, test):

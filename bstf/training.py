@@ -55,6 +55,7 @@ from bstf.plan import NoiseScalePlan
 __all__ = ["fit", "Segment", "physical_batch", "segments"]
 
 _RUN_FILE = "run.json"
+_REPLAY_LIMIT = 20_000_000  # runs up to this many examples replay one reshuffled stream (see _stream)
 _CACHE = weakref.WeakKeyDictionary()  # model -> the clock, Accumulate and traced step of its last bstf.fit
 _CKPT_PREFIX = "ckpt"
 
@@ -275,16 +276,27 @@ def _epoch_seed(seed, epoch):
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] % (2**31 - 1)) + 1
 
 
-def _stream(dataset, train_size, seed, start_examples, end_examples, shuffle, shuffle_buffer):
-    """Examples ``start_examples`` to ``end_examples`` of the stream of epochs.
+def _stream(dataset, train_size, seed, start_examples, end_examples, shuffle, shuffle_buffer, run_examples):
+    """Examples ``start_examples`` to (at least) ``end_examples`` of the run's stream of epochs.
 
-    Epoch ``e`` is ``dataset`` shuffled with a Python-int seed derived from
-    ``(seed, e)`` (tensor seeds break when the global seed is 0), so any
-    epoch can be rebuilt without replaying the ones before it.
+    The order is a function of ``seed`` and the position only, so a stream rebuilt at a phase change
+    or after a resume continues exactly where the run was. Two constructions, chosen by the run's
+    size (``run_examples``, the same for every stream of a run):
+
+    * up to ``_REPLAY_LIMIT`` examples: one seeded ``shuffle`` reshuffled every epoch and repeated,
+      replayed from the start and skipped to ``start_examples`` — Keras's own pipeline shape, the
+      cheapest per example; a rebuild replays at most the run's examples;
+    * beyond: epoch ``e`` is ``dataset`` shuffled with a seed derived from ``(seed, e)``, so any epoch
+      is rebuilt without replaying the ones before it (Python-int seeds: tensor seeds break when the
+      global seed is 0).
     """
+    buffer = min(shuffle_buffer or train_size, train_size)
+    if run_examples <= _REPLAY_LIMIT:
+        stream = (dataset.shuffle(buffer, seed=_epoch_seed(seed, 0), reshuffle_each_iteration=True)
+                  if shuffle else dataset).repeat()
+        return stream.skip(start_examples) if start_examples else stream
     first_epoch, offset = divmod(int(start_examples), train_size)
     last_epoch = -(-int(end_examples) // train_size)  # exclusive
-    buffer = min(shuffle_buffer or train_size, train_size)
     epochs = [dataset.shuffle(buffer, seed=_epoch_seed(seed, e), reshuffle_each_iteration=False) if shuffle
               else dataset for e in range(first_epoch, last_epoch)]
     if len(epochs) == 1:
@@ -296,9 +308,11 @@ def _stream(dataset, train_size, seed, start_examples, end_examples, shuffle, sh
     return stream.skip(offset) if offset else stream
 
 
-def _batches(dataset, train_size, seed, start_examples, end_examples, shuffle, shuffle_buffer, physical):
+def _batches(dataset, train_size, seed, start_examples, end_examples, shuffle, shuffle_buffer, run_examples,
+             physical):
     """The stream's batches of ``physical`` examples (static shape) from example ``start_examples`` on."""
-    stream = _stream(dataset, train_size, seed, start_examples, end_examples, shuffle, shuffle_buffer)
+    stream = _stream(dataset, train_size, seed, start_examples, end_examples, shuffle, shuffle_buffer,
+                     run_examples)
     return stream.batch(physical, drop_remainder=True)
 
 
@@ -830,7 +844,8 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
                       f"{seg.physical_batch}), lr {lr0:.4g}, momentum {plan.momentum_value:g}"
                       + (f", {seg.updates} updates" if adaptive is None else ""))
         iterator = _distributed_iterator(strategy, _batches(
-            dataset, n, seed, examples, seg.end_examples, shuffle, shuffle_buffer, seg.physical_batch))
+            dataset, n, seed, examples, seg.end_examples, shuffle, shuffle_buffer, math.ceil(epochs * n),
+            seg.physical_batch))
         if model.train_function is None and _multi_worker(strategy):
             step = _multi_worker_step(model, strategy, "train_step")
             model.train_function = lambda it: step(next(it))

@@ -510,3 +510,24 @@ def test_adaptive_bad_input(kwargs, match):
             "max_physical_batch": 16, **kwargs}
     with pytest.raises((ValueError, TypeError), match=match):
         bstf.fit(_adaptive_model(), data, args.pop("plan"), 1, verbose=0, **args)
+
+
+# ============================================================================ the data stream
+@pytest.mark.parametrize("replay", [True, False], ids=["replayed", "epoch_seeded"])
+def test_stream_is_a_function_of_seed_and_position(monkeypatch, replay):
+    import bstf.training as training
+
+    monkeypatch.setattr(training, "_REPLAY_LIMIT", 10**9 if replay else 0)
+    data = tf.data.Dataset.range(50)
+
+    def take(start, count, seed=3):
+        stream = training._stream(data, 50, seed, start, start + count, True, None, 200)
+        return [int(v) for v in stream.take(count)]
+
+    whole = take(0, 200)
+    for e in range(4):  # every epoch is a permutation, and epochs differ
+        assert sorted(whole[50 * e:50 * e + 50]) == list(range(50))
+    assert whole[:50] != whole[50:100]
+    for start in (0, 17, 50, 123):  # rebuilt at any position (phase change, resume): the same examples
+        assert take(start, 200 - start) == whole[start:]
+    assert take(0, 200, seed=4) != whole
