@@ -2,7 +2,7 @@
 
     python bench/training.py                         # both parts, mnist1d MLP (a few minutes on 2 CPUs)
     python bench/training.py --part=overhead --repeats=7
-    python bench/training.py --part=plans --epochs=30
+    python bench/training.py --part=plans --epochs=40
 
 Part 1, overhead: the same MLP, data and batch; ``model.fit`` on a batched,
 shuffled dataset vs ``bstf.fit`` with a constant plan (``verbose=0`` for
@@ -37,12 +37,12 @@ flags.DEFINE_integer("width", 256, "Hidden width of the MLP.")
 flags.DEFINE_integer("batch_size", 128, "Overhead part: the batch of both loops.")
 flags.DEFINE_integer("overhead_epochs", 20, "Overhead part: epochs per timed run.")
 flags.DEFINE_integer("repeats", 7, "Overhead part: rounds of (model.fit, bstf.fit).")
-flags.DEFINE_integer("epochs", 30, "Plans part: epochs.")
+flags.DEFINE_integer("epochs", 20, "Plans part: epochs.")
 flags.DEFINE_float("lr", 0.05, "Plans part: base learning rate.")
-flags.DEFINE_integer("base_batch", 32, "Plans part: starting batch.")
-flags.DEFINE_list("milestones", ["10", "20", "25"], "Plans part: epochs where g drops.")
-flags.DEFINE_float("factor", 4.0, "Plans part: g drop per milestone.")
-flags.DEFINE_integer("max_batch", 2048, "Plans part: largest batch (beyond it the LR decays instead).")
+flags.DEFINE_integer("base_batch", 16, "Plans part: starting batch.")
+flags.DEFINE_list("milestones", ["5", "10", "15"], "Plans part: epochs where g drops.")
+flags.DEFINE_float("factor", 5.0, "Plans part: g drop per milestone.")
+flags.DEFINE_integer("max_batch", 4000, "Plans part: largest batch (beyond it the LR decays instead).")
 
 
 def build(data, seed=0):
