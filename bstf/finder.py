@@ -23,13 +23,12 @@ The model's weights and optimizer state are restored afterwards.
 
 import dataclasses
 import math
-import numbers
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from bstf._checks import check_int
 from bstf.schedules import scaled_learning_rate
 
 
@@ -136,14 +135,6 @@ class BatchSizeReport:
         return path
 
 
-def _check_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}.")
-    return int(value)
-
-
 def _as_dataset(data):
     """(unbatched dataset, size) from a bstf.data.Data, a dataset or (x, y) arrays."""
     if hasattr(data, "dataset") and hasattr(data, "size"):
@@ -238,8 +229,8 @@ def find_batch_size(
         raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
     if not getattr(model, "compiled", False) or model.optimizer is None:
         raise ValueError("model must be compiled (model.compile(optimizer=..., loss=...)) before find_batch_size.")
-    min_batch = _check_int("min_batch", min_batch)
-    num_updates = _check_int("num_updates", num_updates)
+    min_batch = check_int("min_batch", min_batch)
+    num_updates = check_int("num_updates", num_updates)
     if lr_rule not in ("linear", "sqrt", "none"):
         raise ValueError(f"lr_rule must be one of 'linear', 'sqrt', 'none', got {lr_rule!r}.")
     if not 0 <= plateau_tolerance < 1:
@@ -250,7 +241,7 @@ def find_batch_size(
             f"the data has {size} examples, fewer than min_batch={min_batch}; "
             "pass more data or a smaller min_batch."
         )
-    max_batch = _check_int("max_batch", size if max_batch is None else max_batch)
+    max_batch = check_int("max_batch", size if max_batch is None else max_batch)
     if max_batch < min_batch:
         raise ValueError(f"max_batch ({max_batch}) must be >= min_batch ({min_batch}).")
     if noise_scale is not None and not noise_scale > 0:
@@ -259,7 +250,7 @@ def find_batch_size(
         base_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     if base_batch is None:
         base_batch = min_batch
-    base_batch = _check_int("base_batch", base_batch)
+    base_batch = check_int("base_batch", base_batch)
 
     saved_weights = [v.numpy() for v in model.weights]
     saved_opt = [v.numpy() for v in model.optimizer.variables]

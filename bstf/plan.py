@@ -41,7 +41,6 @@ one batch). ``phases()`` counts updates exactly that way.
 
 import dataclasses
 import math
-import numbers
 
 import keras
 

@@ -34,9 +34,7 @@ uninterrupted one (tests/test_training.py).
 
 import json
 import math
-import numbers
 import os
-import sys
 import tempfile
 import time
 import weakref
@@ -46,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from bstf import distribute
+from bstf._checks import check_int
 from bstf import schedules
 from bstf.clock import Clock
 from bstf.analysis.noise_scale import NoiseScaleAverager, estimate_grad_norm_sq, estimate_trace_sigma
@@ -237,14 +236,6 @@ def _check_train_data(train_data, plan):
             "the plan's epochs are epochs of this data set."
         )
     return dataset
-
-
-def _check_int(name, value, low=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {low}, got {value!r}.")
-    if value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value}.")
-    return int(value)
 
 
 def _resolve_strategy(strategy, model):
@@ -465,17 +456,17 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
     strategy = _resolve_strategy(strategy, model)
     replicas = strategy.num_replicas_in_sync
     if max_physical_batch is not None:
-        max_physical_batch = _check_int("max_physical_batch", max_physical_batch)
+        max_physical_batch = check_int("max_physical_batch", max_physical_batch)
         if max_physical_batch < replicas:
             raise ValueError(
                 f"max_physical_batch={max_physical_batch} is smaller than the {replicas} replicas; every "
                 f"replica needs at least one example: use max_physical_batch >= {replicas}."
             )
-    log_every_n_updates = _check_int("log_every_n_updates", log_every_n_updates)
+    log_every_n_updates = check_int("log_every_n_updates", log_every_n_updates)
     if checkpoint_every_n_updates is not None:
-        checkpoint_every_n_updates = _check_int("checkpoint_every_n_updates", checkpoint_every_n_updates)
+        checkpoint_every_n_updates = check_int("checkpoint_every_n_updates", checkpoint_every_n_updates)
     if seed is not None:
-        seed = _check_int("seed", seed, low=0)
+        seed = check_int("seed", seed, minimum=0)
     if verbose == "auto":
         verbose = 1
     if verbose not in (0, 1, 2):
@@ -483,7 +474,7 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
     if not isinstance(shuffle, bool):
         raise TypeError(f"shuffle must be True or False, got {shuffle!r}.")
     if shuffle_buffer is not None:
-        shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer)
+        shuffle_buffer = check_int("shuffle_buffer", shuffle_buffer)
     dataset = _check_train_data(train_data, plan)
     val_dataset = None
     if validation_data is not None:
@@ -491,7 +482,7 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
         if _looks_batched(val_dataset):
             raise ValueError("validation_data looks batched; pass the unbatched dataset (e.g. dataset.unbatch()).")
     if noise_scale_every_n_updates is not None:
-        noise_scale_every_n_updates = _check_int("noise_scale_every_n_updates", noise_scale_every_n_updates)
+        noise_scale_every_n_updates = check_int("noise_scale_every_n_updates", noise_scale_every_n_updates)
     NoiseScaleAverager(noise_scale_ema)  # validates the EMA decay now, not mid-run
     if isinstance(callbacks, keras.callbacks.Callback) or not all(
             isinstance(c, keras.callbacks.Callback) for c in callbacks):
@@ -508,7 +499,7 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
     chief = distribute.is_chief(strategy)
     if validation_batch_size is None:
         validation_batch_size = max(s.physical_batch for s in segs)
-    validation_batch_size = _check_int("validation_batch_size", validation_batch_size)
+    validation_batch_size = check_int("validation_batch_size", validation_batch_size)
 
     # ---------------------------------------------------------------- resume
     record = _run_record(plan, epochs, seed, max_physical_batch, replicas, shuffle)

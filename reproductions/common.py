@@ -59,7 +59,6 @@ Typical script::
 import contextlib
 import dataclasses
 import json
-import math
 import numbers
 import os
 import shlex

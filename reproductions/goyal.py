@@ -40,7 +40,6 @@ See docs/reproductions/goyal.md.
 """
 
 import dataclasses
-import math
 import os
 import sys
 
@@ -49,7 +48,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app  # noqa: E402
 
 import bstf  # noqa: E402
 from bstf import schedules  # noqa: E402

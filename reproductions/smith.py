@@ -49,7 +49,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app  # noqa: E402
 
 import bstf  # noqa: E402
 from reproductions import common, resnets  # noqa: E402

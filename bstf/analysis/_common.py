@@ -7,38 +7,12 @@ variables after a measurement.
 """
 
 import contextlib
-import numbers
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-
-def check_int(name, value, minimum=1):
-    """``value`` as int, or TypeError/ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} of type {type(value).__name__}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}.")
-    return int(value)
-
-
-def check_float(name, value, low=None, high=None, low_open=False, high_open=False):
-    """``value`` as float in the given interval, or an error naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r} of type {type(value).__name__}.")
-    value = float(value)
-    bad = not np.isfinite(value)
-    if low is not None:
-        bad |= value <= low if low_open else value < low
-    if high is not None:
-        bad |= value >= high if high_open else value > high
-    if bad:
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
-        raise ValueError(f"{name} must be in {interval}, got {value}.")
-    return value
+from bstf._checks import check_float, check_int  # noqa: F401  (re-exported for the instruments)
 
 
 def check_ema(ema, name="ema"):
