@@ -138,7 +138,7 @@ def sharpness_of(loss_and_grad_fn, x0, epsilon=1e-3, subspace_dim=None, max_iter
 
 
 def sharpness(model, data, epsilon=1e-3, subspace_dim=None, max_iter=10, seed=0, num_examples=None, batch_size=1024,
-              loss=None):
+              loss=None, subspace_matrix=None):
     """Keskar's sharpness φ of ``model``'s trainable weights on ``data``.
 
     ``f`` is the mean loss (compiled, or ``loss``; plus regularisation) over the
@@ -158,6 +158,10 @@ def sharpness(model, data, epsilon=1e-3, subspace_dim=None, max_iter=10, seed=0,
       num_examples: use only the first this many examples.
       batch_size: evaluation batch size (does not change the result).
       loss: optional loss replacing the compiled one.
+      subspace_matrix: an explicit ``A`` of shape ``(n, p)`` (``n`` trainable
+        weights) instead of the random one — e.g. to choose its scale: the
+        random ``A`` has N(0, 1/n) entries (unit-norm columns), which the
+        paper does not specify.
 
     Returns:
       :class:`SharpnessResult` (``perturbation`` is the flat maximising step).
@@ -178,4 +182,4 @@ def sharpness(model, data, epsilon=1e-3, subspace_dim=None, max_iter=10, seed=0,
 
     with _common.preserved_state(model):
         return sharpness_of(loss_and_grad, flat.get(), epsilon=epsilon, subspace_dim=subspace_dim,
-                            max_iter=max_iter, seed=seed)
+                            max_iter=max_iter, seed=seed, subspace_matrix=subspace_matrix)

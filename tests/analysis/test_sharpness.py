@@ -103,6 +103,9 @@ def test_model_sharpness_on_linear_regression_matches_brute_force():
         np.testing.assert_array_equal(a, b)
     sub = analysis.sharpness(model, (x, y), epsilon=eps, subspace_dim=2, max_iter=5)
     assert 0 <= sub.sharpness <= res.sharpness + 1e-6  # a subspace of the same box cannot rise further
+    # an explicit A = I (the whole space as a "subspace": A⁺x = x, the same box) gives the full-space value
+    ident = analysis.sharpness(model, (x, y), epsilon=eps, max_iter=50, batch_size=64, subspace_matrix=np.eye(4))
+    assert ident.subspace_dim == 4 and ident.sharpness == pytest.approx(res.sharpness, rel=1e-4)
 
 
 def test_bad_input():
