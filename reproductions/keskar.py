@@ -258,31 +258,18 @@ def _measure(config, model, train, test, seed):
 def _interpolation(config, model, weights_sb, weights_lb, train, test):
     """Loss and accuracy (fraction) along α·x_LB + (1 − α)·x_SB on the train and test sets.
 
-    Trainable weights move along the whole line (as in the authors' code).
-    Non-trainable ones — BatchNormalization moving statistics — are
-    interpolated on the segment α ∈ [0, 1] only and held at the nearer
-    minimiser's values outside it: extrapolated, a moving variance
-    (1 − α)·v_SB + α·v_LB can turn negative and the loss NaN.
+    Trainable weights move along the whole line (as in the authors' code); BatchNormalization moving
+    statistics are interpolated on α ∈ [0, 1] and held at the nearer minimiser's values outside it
+    (``interpolate``'s default: extrapolated, a moving variance can turn negative and the loss NaN).
     """
     first, last, points = config.alphas
     alphas = np.linspace(first, last, points)
-    trainable = [v.trainable for v in model.weights]  # the order of get_weights()
-
-    def held_at(stats):  # both endpoints with their non-trainable weights replaced by ``stats``'
-        return tuple([w if t else s for w, t, s in zip(weights, trainable, stats)]
-                     for weights in (weights_sb, weights_lb))
-
-    pieces = ((alphas < 0, held_at(weights_sb)), ((alphas >= 0) & (alphas <= 1), (weights_sb, weights_lb)),
-              (alphas > 1, held_at(weights_lb)))
-    out = {"alpha": alphas.tolist(), **{f"{s}_{q}": [] for s in ("train", "test") for q in ("loss", "accuracy")}}
-    for mask, (w_a, w_b) in pieces:
-        if not mask.any():
-            continue
-        res = bstf.analysis.interpolate(model, w_a, w_b, {"train": train, "test": test}, alphas=alphas[mask],
-                                        batch_size=config.eval_batch)
-        for split_name in ("train", "test"):
-            out[f"{split_name}_loss"] += [float(v) for v in res.loss[split_name]]
-            out[f"{split_name}_accuracy"] += [float(v) for v in res.accuracy[split_name]]
+    res = bstf.analysis.interpolate(model, weights_sb, weights_lb, {"train": train, "test": test}, alphas=alphas,
+                                    batch_size=config.eval_batch)
+    out = {"alpha": alphas.tolist()}
+    for split_name in ("train", "test"):
+        out[f"{split_name}_loss"] = [float(v) for v in res.loss[split_name]]
+        out[f"{split_name}_accuracy"] = [float(v) for v in res.accuracy[split_name]]
     return out
 
 

@@ -68,7 +68,7 @@ def interpolate_weights(weights_a, weights_b, alpha):
 
 
 def interpolate(model, weights_a, weights_b, data, alphas=np.linspace(-1.0, 2.0, 25), batch_size=1024,
-                num_examples=None, loss=None):
+                num_examples=None, loss=None, non_trainable="clamp"):
     """Loss and accuracy along the line from ``weights_a`` (α=0) to ``weights_b`` (α=1).
 
     Args:
@@ -83,10 +83,18 @@ def interpolate(model, weights_a, weights_b, data, alphas=np.linspace(-1.0, 2.0,
       batch_size: evaluation batch size.
       num_examples: use only the first this many examples of each set.
       loss: optional loss replacing the compiled one.
+      non_trainable: how non-trainable weights (BatchNormalization moving
+        statistics) follow α: ``"clamp"`` (default) interpolates them on
+        [0, 1] and holds them at the nearer end outside it — extrapolated, a
+        moving variance ``(1 − α)·v_a + α·v_b`` can turn negative and the
+        loss NaN; ``"interpolate"`` moves them along the whole line like the
+        trainable weights.
 
     Returns:
       :class:`InterpolationResult`; the model's weights are restored.
     """
+    if non_trainable not in ("clamp", "interpolate"):
+        raise ValueError(f"non_trainable must be 'clamp' or 'interpolate', got {non_trainable!r}.")
     batch_size = _common.check_int("batch_size", batch_size)
     alphas = np.asarray(alphas, np.float64).reshape(-1)
     if alphas.size == 0 or not np.all(np.isfinite(alphas)):
@@ -111,9 +119,14 @@ def interpolate(model, weights_a, weights_b, data, alphas=np.linspace(-1.0, 2.0,
     accs = {name: np.zeros(alphas.size) for name in sets}
     has_acc = {name: True for name in sets}
     original = model.get_weights()
+    trainable = [v.trainable for v in model.weights]  # the order of get_weights()
     try:
         for i, alpha in enumerate(alphas):
-            model.set_weights(interpolate_weights(a, b, alpha))
+            weights = interpolate_weights(a, b, alpha)
+            if non_trainable == "clamp" and not 0.0 <= alpha <= 1.0:
+                held = interpolate_weights(a, b, min(max(alpha, 0.0), 1.0))
+                weights = [w if t else h for w, h, t in zip(weights, held, trainable)]
+            model.set_weights(weights)
             for name, (x, y) in sets.items():
                 total, correct = 0.0, 0.0
                 for xb, yb, m in _common.batches(x, y, batch_size):

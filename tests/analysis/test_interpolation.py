@@ -45,7 +45,7 @@ def test_endpoints_equal_model_evaluate(two_solutions):
 
 def test_midpoint_is_the_averaged_model(two_solutions):
     a, b, train, _ = two_solutions
-    res = analysis.interpolate(a, a, b, train, alphas=[0.5, -1.0])
+    res = analysis.interpolate(a, a, b, train, alphas=[0.5, -1.0], non_trainable="interpolate")
     mid = _model(0)
     mid.set_weights([(wa + wb) / 2 for wa, wb in zip(a.get_weights(), b.get_weights())])
     loss, acc = mid.evaluate(*train, verbose=0)
@@ -87,3 +87,22 @@ def test_bad_input(two_solutions):
         analysis.interpolate(a, weights[:2], weights, train)
     with pytest.raises(ValueError, match="alphas must be a non-empty sequence"):
         analysis.interpolate(a, weights, weights, train, alphas=[])
+    with pytest.raises(ValueError, match="non_trainable must be 'clamp' or 'interpolate'"):
+        analysis.interpolate(a, weights, weights, train, non_trainable="freeze")
+
+
+def test_batch_norm_statistics_are_clamped_outside_the_segment(two_solutions):
+    a, b, train, _ = two_solutions
+    wa, wb = a.get_weights(), b.get_weights()
+    trainable = [v.trainable for v in a.weights]
+    assert not all(trainable)  # BN moving mean and variance
+    res = analysis.interpolate(a, wa, wb, train, alphas=[-0.5, 0.5, 1.5])
+    both = analysis.interpolate(a, wa, wb, train, alphas=[-0.5, 0.5, 1.5], non_trainable="interpolate")
+    probe = _model(0)
+    for i, (alpha, nearer) in enumerate([(-0.5, wa), (1.5, wb)]):  # trainable on the line, statistics at the end
+        line = analysis.interpolate_weights(wa, wb, alpha)
+        probe.set_weights([w if t else s for w, s, t in zip(line, nearer, trainable)])
+        expected = probe.evaluate(*train, verbose=0)[0]
+        assert res.loss["data"][2 * i] == pytest.approx(expected, rel=1e-5)
+    assert res.loss["data"][1] == both.loss["data"][1]  # inside [0, 1] both modes are the same
+    assert res.loss["data"][0] != both.loss["data"][0]
