@@ -35,6 +35,7 @@ def _plan_parser(sub):
     p.add_argument("--max_batch", type=int, default=None)
     p.add_argument("--epochs", type=float, required=True)
     p.add_argument("--warmup_epochs", type=float, default=0.0)
+    p.add_argument("--warmup", default="linear", help="linear (gradual) | constant")
     p.add_argument("--lr_rule", default="none", help="linear | sqrt | none (couples the LR to --batch)")
     p.add_argument("--batch", type=int, default=None, help="phase-0 batch (default --base_batch)")
     p.add_argument("--hybrid_lr_milestones", type=int, default=1)
@@ -58,6 +59,7 @@ def _run_plan(args):
         mode=args.mode,
         max_batch=args.max_batch,
         warmup_epochs=args.warmup_epochs,
+        warmup=args.warmup,
         lr_rule=args.lr_rule,
         batch=args.batch,
         hybrid_lr_milestones=args.hybrid_lr_milestones,

@@ -94,7 +94,9 @@ class NoiseScalePlan:
       mode: "decay_lr", "increase_batch" or "hybrid".
       max_batch: largest batch the plan may use (>= the starting batch;
         default: no cap).
-      warmup_epochs: linear LR warmup from ``base_lr`` (>= 0).
+      warmup_epochs: LR warmup from ``base_lr`` (>= 0).
+      warmup: "linear" (Goyal's gradual warmup: a ramp from ``base_lr`` to the
+        scaled LR) or "constant" (``base_lr`` held, then the scaled LR).
       lr_rule: how the phase-0 LR follows ``batch``: "linear", "sqrt"
         or "none".
       batch: phase-0 batch (default ``base_batch``).
@@ -121,6 +123,7 @@ class NoiseScalePlan:
         hybrid_lr_milestones=1,
         scale=1.0,
         target_momentum=None,
+        warmup="linear",
     ):
         self.train_size = _check_number("train_size", train_size, low=1, integer=True)
         self.base_lr = _check_number("base_lr", base_lr, low=0, low_open=True)
@@ -134,6 +137,9 @@ class NoiseScalePlan:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         self.mode = mode
         self.warmup_epochs = _check_number("warmup_epochs", warmup_epochs, low=0)
+        if warmup not in ("linear", "constant"):
+            raise ValueError(f"warmup must be 'linear' or 'constant', got {warmup!r}.")
+        self.warmup = warmup
         if lr_rule not in ("linear", "sqrt", "none"):
             raise ValueError(f"lr_rule must be one of ('linear', 'sqrt', 'none'), got {lr_rule!r}.")
         self.lr_rule = lr_rule
@@ -193,11 +199,12 @@ class NoiseScalePlan:
         """The LR schedule (a Keras ``LearningRateSchedule`` once bound to a clock)."""
         if getattr(self, "_lr_schedule", None) is None:
             after = schedules.PiecewiseConstant(self.milestones, self._lrs)
-            self._lr_schedule = (
-                schedules.LinearWarmup(after, self.warmup_epochs, self.base_lr)
-                if self.warmup_epochs > 0
-                else after
-            )
+            if self.warmup_epochs == 0:
+                self._lr_schedule = after
+            elif self.warmup == "linear":
+                self._lr_schedule = schedules.LinearWarmup(after, self.warmup_epochs, self.base_lr)
+            else:
+                self._lr_schedule = schedules.ConstantWarmup(after, self.warmup_epochs, self.base_lr)
         return self._lr_schedule
 
     @property
@@ -301,6 +308,7 @@ class NoiseScalePlan:
             "mode": self.mode,
             "max_batch": self.max_batch,
             "warmup_epochs": self.warmup_epochs,
+            "warmup": self.warmup,
             "lr_rule": self.lr_rule,
             "batch": self.batch,
             "hybrid_lr_milestones": self.hybrid_lr_milestones,
@@ -329,7 +337,8 @@ class NoiseScalePlan:
                 f"{p.start_epoch:>7g} – {p.end_epoch:<5g} {p.learning_rate:>10.5g} {p.batch_size:>7d} "
                 f"{p.momentum:>8.3g} {p.noise_scale:>10.5g} {p.updates:>8d}"
             )
-        warm = f" (LR warmup from {self.base_lr:g} over {self.warmup_epochs:g} epochs)" if self.warmup_epochs else ""
+        warm = (f" ({self.warmup} LR warmup from {self.base_lr:g} over {self.warmup_epochs:g} epochs)"
+                if self.warmup_epochs else "")
         rows.append(f"total updates: {self.total_updates(epochs)}  [mode={self.mode}]{warm}")
         return "\n".join(rows)
 

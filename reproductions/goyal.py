@@ -51,7 +51,6 @@ import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 
 import bstf  # noqa: E402
-from bstf import schedules  # noqa: E402
 from reproductions import common, resnets  # noqa: E402
 
 common.define_flag("list", "multiples", None, "Batch multiples k of the base batch, e.g. 1,2,4,8,16,32 (default: the preset's).")
@@ -213,28 +212,16 @@ CONVERTERS = {"multiples": _ints, "ablation_multiples": _ints, "variants": tuple
 
 
 # ----------------------------------------------------------------------------- plans
-class ConstantWarmupPlan(bstf.NoiseScalePlan):
-    """A :class:`bstf.NoiseScalePlan` whose warmup holds ``base_lr`` constant, then jumps (Goyal's "constant warmup")."""
-
-    @property
-    def learning_rate(self):
-        if getattr(self, "_lr_schedule", None) is None:
-            after = schedules.PiecewiseConstant(self.milestones, self._lrs)
-            self._lr_schedule = schedules.ConstantWarmup(after, self.warmup_epochs, self.base_lr)
-        return self._lr_schedule
-
-
 def make_plan(config, train_size, multiple, variant):
     """The :class:`bstf.NoiseScalePlan` of one run: batch ``multiple``·B0, LR by the variant's rule and warmup."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
     rule, warmup = _RECIPES[variant]
-    cls = ConstantWarmupPlan if warmup == "constant" else bstf.NoiseScalePlan
-    return cls(train_size, config.base_lr, config.base_batch, base_momentum=config.momentum,
+    return bstf.NoiseScalePlan(train_size, config.base_lr, config.base_batch, base_momentum=config.momentum,
                batch=multiple * config.base_batch, lr_rule=rule,
                warmup_epochs=config.warmup_epochs if warmup and multiple > 1 else 0.0,
                milestones=tuple(m for m in config.milestones if m < config.epochs), factor=config.factor,
-               mode="decay_lr")
+               mode="decay_lr", warmup="constant" if warmup == "constant" else "linear")
 
 
 # ----------------------------------------------------------------------------- the experiment

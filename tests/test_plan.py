@@ -168,3 +168,17 @@ def test_bad_rescalings_and_queries():
         smith().phases(0)
     with pytest.raises(ValueError, match="epoch must be >= 0"):
         smith().at(-1)
+
+
+def test_constant_warmup_holds_the_base_lr_then_jumps():
+    kw = dict(train_size=1000, base_lr=0.1, base_batch=256, batch=2048, lr_rule="linear", warmup_epochs=5,
+              milestones=[30], factor=10)
+    linear, constant = NoiseScalePlan(**kw), NoiseScalePlan(**kw, warmup="constant")
+    assert constant.at(0).learning_rate == pytest.approx(0.1) and constant.at(4.9).learning_rate == pytest.approx(0.1)
+    assert linear.at(2.5).learning_rate == pytest.approx(0.1 + 0.5 * (0.8 - 0.1))
+    for e in (5, 10, 30):  # after the warmup both are the scaled schedule
+        assert constant.at(e).learning_rate == pytest.approx(linear.at(e).learning_rate)
+    assert constant.get_config()["warmup"] == "constant" and NoiseScalePlan.from_config(constant.get_config()) == constant
+    assert constant != linear
+    with pytest.raises(ValueError, match="warmup must be 'linear' or 'constant', got 'cosine'"):
+        NoiseScalePlan(**kw, warmup="cosine")
