@@ -29,6 +29,7 @@ import keras
 import tensorflow as tf
 
 from bstf._checks import check_int
+from bstf.analysis import _common
 from bstf.schedules import scaled_learning_rate
 
 
@@ -136,24 +137,14 @@ class BatchSizeReport:
 
 
 def _as_dataset(data):
-    """(unbatched dataset, size) from a bstf.data.Data, a dataset or (x, y) arrays."""
-    if hasattr(data, "dataset") and hasattr(data, "size"):
-        return data.dataset, int(data.size)
-    if isinstance(data, tf.data.Dataset):
-        size = int(data.cardinality())
-        if size < 0:
-            raise ValueError(
-                "data is a tf.data.Dataset of unknown or infinite size; pass a finite "
-                "dataset (e.g. `dataset.take(n)`) or a bstf.data.Data."
-            )
-        return data, size
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = data
-        return tf.data.Dataset.from_tensor_slices((x, y)), len(x)
-    raise TypeError(
-        "data must be a bstf.data.Data, an unbatched tf.data.Dataset of (x, y), or a "
-        f"tuple (x, y) of arrays; got {type(data).__name__}."
-    )
+    """(unbatched dataset, size) of finite data in any form ``bstf.analysis`` accepts."""
+    dataset, size = _common.as_dataset(data)
+    if size is None:
+        raise ValueError(
+            "data is a tf.data.Dataset of unknown size; pass a finite dataset of known size (e.g. "
+            "`dataset.take(n)`) or a bstf.data.Data."
+        )
+    return dataset, size
 
 
 def measure_throughput(model, dataset, batch_size, num_updates=10, warmup_updates=2):

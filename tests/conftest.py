@@ -16,3 +16,24 @@ try:
     )
 except RuntimeError:  # already initialised (e.g. by a plugin); tests needing 2 devices skip
     pass
+
+
+import socket  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def free_ports():
+    """``free_ports(n)``: n TCP ports on 127.0.0.1 free right now (for local multi-worker clusters)."""
+
+    def ports(n):
+        socks = [socket.socket() for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        found = [s.getsockname()[1] for s in socks]
+        for s in socks:
+            s.close()
+        return found
+
+    return ports

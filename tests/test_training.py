@@ -280,9 +280,11 @@ def test_checkpoint_of_another_plan_is_refused(tmp_path):
 def test_finished_run_resumes_as_done(tmp_path):
     m = _model()
     h1 = bstf.fit(m, DATA, _plan(), 2, seed=0, verbose=0, checkpoint_dir=str(tmp_path))
-    w = m.get_weights()
-    h2 = bstf.fit(_model(), DATA, _plan(), 2, seed=0, verbose=0, checkpoint_dir=str(tmp_path))
+    m2 = _model()
+    h2 = bstf.fit(m2, DATA, _plan(), 2, seed=0, verbose=0, checkpoint_dir=str(tmp_path))
     assert h2.history["loss"] == h1.history["loss"] and h2.updates == h1.updates
+    for a, b in zip(m.get_weights(), m2.get_weights()):  # restored, not retrained
+        np.testing.assert_array_equal(a, b)
 
 
 # ============================================================================ bad input
@@ -356,23 +358,12 @@ _WORKER = textwrap.dedent("""
 """)
 
 
-def _free_ports(n):
-    import socket
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def test_multi_worker_two_local_processes_equal_single_process(tmp_path):
+def test_multi_worker_two_local_processes_equal_single_process(tmp_path, free_ports):
     np.savez(tmp_path / "data.npz", x=X, y=Y)
     script = tmp_path / "worker.py"
     script.write_text(_WORKER.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                      data=str(tmp_path / "data.npz"), out=str(tmp_path)))
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     procs = [subprocess.Popen(
         [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3",

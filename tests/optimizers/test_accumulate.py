@@ -1,6 +1,5 @@
 import os
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -228,22 +227,12 @@ _WORKER = textwrap.dedent(
 )
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def test_multi_worker_two_local_processes(tmp_path):
+def test_multi_worker_two_local_processes(tmp_path, free_ports):
     """Two worker processes on 127.0.0.1, global micro-batch 16 (8 per worker), k = 2 == batch 32."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     script = tmp_path / "worker.py"
     script.write_text(_WORKER.format(root=root))
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for i in range(2):
