@@ -1,4 +1,3 @@
-import math
 
 import keras
 import numpy as np

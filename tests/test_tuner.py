@@ -4,7 +4,6 @@ import keras
 import keras_tuner as kt
 import tensorflow as tf
 
-import bstf
 from bstf import tuner as bt
 
 

@@ -31,7 +31,7 @@ def two_solutions():
 
 def test_endpoints_equal_model_evaluate(two_solutions):
     a, b, train, test = two_solutions
-    wa, wb = a.get_weights(), b.get_weights()
+    wa = a.get_weights()
     res = analysis.interpolate(a, wa, b, {"train": train, "test": tf.data.Dataset.from_tensor_slices(test)},
                                alphas=[0.0, 0.5, 1.0], batch_size=50)
     for name, (x, y) in (("train", train), ("test", test)):

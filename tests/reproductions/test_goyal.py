@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-from absl import flags
 
 from reproductions import common, goyal, resnets
 

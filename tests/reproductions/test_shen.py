@@ -45,7 +45,7 @@ def test_paper_preset_is_shens_setup():
     assert shen.SHEN["best_lr_smallest"] == 0.01 and shen.SHEN["best_lr_larger"] == 0.08
 
 
-def test_quick_preset():
+def test_quick_preset_config():
     c = shen.quick()
     assert (c.preset, c.dataset, c.batch_sizes[0], c.batch_sizes[-1]) == ("quick", "mnist1d", 32, 1024)
 
