@@ -353,9 +353,10 @@ class _Board:
 
 
 # ============================================================================ checkpoints
-def _run_record(plan, epochs, seed, max_physical_batch, replicas, shuffle):
+def _run_record(plan, epochs, seed, max_physical_batch, replicas, shuffle, adaptive):
     return {"plan": plan.get_config(), "epochs": epochs, "seed": seed, "max_physical_batch": max_physical_batch,
-            "replicas": replicas, "shuffle": shuffle}
+            "replicas": replicas, "shuffle": shuffle,
+            "adaptive": adaptive.get_config() if adaptive is not None else None}
 
 
 def _load_run(checkpoint_dir, record):
@@ -502,8 +503,7 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
     validation_batch_size = check_int("validation_batch_size", validation_batch_size)
 
     # ---------------------------------------------------------------- resume
-    record = _run_record(plan, epochs, seed, max_physical_batch, replicas, shuffle)
-    record["adaptive"] = adaptive.get_config() if adaptive is not None else None
+    record = _run_record(plan, epochs, seed, max_physical_batch, replicas, shuffle, adaptive)
     saved = None
     if checkpoint_dir is not None:
         if not isinstance(checkpoint_dir, (str, os.PathLike)):
