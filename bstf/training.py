@@ -47,6 +47,7 @@ from bstf import distribute
 from bstf._checks import check_int
 from bstf import schedules
 from bstf.clock import Clock
+from bstf.fitting.steps import is_multi_worker, scalar, strategy_step
 from bstf.analysis.noise_scale import NoiseScaleAverager, estimate_grad_norm_sq, estimate_trace_sigma
 from bstf.optimizers.accumulate import Accumulate
 from bstf.plan import NoiseScalePlan
@@ -624,38 +625,17 @@ def _check_adaptive(adaptive, plan, max_physical_batch, replicas):
             f"max_physical_batch <= {adaptive.min_batch // 2}.")
 
 
-def _multi_worker(strategy):
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or (
-        strategy.extended._in_multi_worker_mode() and not isinstance(strategy, tf.distribute.TPUStrategy))
-
-
-def _multi_worker_step(model, strategy, method):
-    """model.train_step/test_step on one distributed batch, outputs averaged over replicas.
-
-    Keras 3.15's own train/test functions fail under MultiWorkerMirroredStrategy: they reduce scalar
-    outputs with ``strategy.reduce("MEAN", v, axis=0)``. The step is the same otherwise.
-    """
-    step_fn = getattr(model, method)
-
-    @tf.function(reduce_retracing=True)
-    def step(data):
-        outputs = strategy.run(step_fn, args=(data,))
-        return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), outputs)
-
-    return step
-
-
 def _evaluate(model, strategy, dataset):
     """``model.evaluate`` (its own loop under multi-worker strategies, where Keras's fails)."""
-    if not _multi_worker(strategy):
+    if not is_multi_worker(strategy):
         return model.evaluate(dataset, verbose=0, return_dict=True)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    step = _multi_worker_step(model, strategy, "test_step")
+    step = strategy_step(model, strategy, "test_step")
     model.reset_metrics()
     for batch in strategy.experimental_distribute_dataset(dataset.with_options(options)):
         step(batch)
-    return {k: _scalar(v) for k, v in model.get_metrics_result().items()}
+    return {k: scalar(v) for k, v in model.get_metrics_result().items()}
 
 
 def _build(model, strategy, batch_spec):
@@ -680,10 +660,6 @@ def _metric_variables(model):
 def _current_momentum(optimizer):
     m = optimizer.momentum
     return m() if callable(m) else m
-
-
-def _scalar(value):
-    return float(np.asarray(keras.ops.convert_to_numpy(value)).reshape(-1)[0])
 
 
 def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_dataset, seed, shuffle,
@@ -761,14 +737,14 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
                                           stateful_metrics=["lr"])
 
     def end_epoch(e, logs, seg):
-        epoch_logs = {k: _scalar(v) for k, v in model.get_metrics_result().items()} if logs else {}
+        epoch_logs = {k: scalar(v) for k, v in model.get_metrics_result().items()} if logs else {}
         if val_dataset is not None:
             val = _evaluate(model, strategy, val_dataset.batch(validation_batch_size))
             epoch_logs.update({f"val_{k}": float(v) for k, v in val.items()})
         metrics_only = dict(epoch_logs)
         epoch_logs.update({
             **({"b_simple": averager.b_simple} if averager is not None else {}),
-            "examples": examples, "updates": updates, "learning_rate": _scalar(optimizer.learning_rate),
+            "examples": examples, "updates": updates, "learning_rate": scalar(optimizer.learning_rate),
             "batch_size": seg.batch_size, "momentum": float(plan.momentum_value)})
         if progbar is not None:
             progbar.update(progbar.target, [(k, v) for k, v in metrics_only.items() if not k.startswith("val_")],
@@ -837,8 +813,8 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
         iterator = _distributed_iterator(strategy, _batches(
             dataset, n, seed, examples, seg.end_examples, shuffle, shuffle_buffer, math.ceil(epochs * n),
             seg.physical_batch))
-        if model.train_function is None and _multi_worker(strategy):
-            step = _multi_worker_step(model, strategy, "train_step")
+        if model.train_function is None and is_multi_worker(strategy):
+            step = strategy_step(model, strategy, "train_step")
             model.train_function = lambda it: step(next(it))
         train_function = model.make_train_function() or model.train_function
         t0 = time.perf_counter()
@@ -849,8 +825,8 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
             cb.on_train_batch_begin(updates)
             log_now = board.enabled and (updates + 1) % log_every_n_updates == 0
             if log_now:  # the values this update uses, read from the optimizer before it runs
-                used = {"learning_rate": _scalar(optimizer.learning_rate),
-                        "momentum": _scalar(_current_momentum(optimizer)) if momentum_follows
+                used = {"learning_rate": scalar(optimizer.learning_rate),
+                        "momentum": scalar(_current_momentum(optimizer)) if momentum_follows
                         else plan.momentum_value}
             for _ in range(seg.accumulation):
                 logs = train_function(iterator)
@@ -860,7 +836,7 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
                     "physical_batch": seg.physical_batch,
                     "noise_scale": n * used["learning_rate"] / (seg.batch_size * (1 - used["momentum"])),
                     "epoch": examples / n, "updates": updates + 1, "examples_seen": examples,
-                    "batch_loss": _scalar(logs["loss"])}, examples)
+                    "batch_loss": scalar(logs["loss"])}, examples)
             clock.examples.assign_add(advance, read_value=False)
             examples += seg.batch_size
             updates += 1
@@ -869,10 +845,10 @@ def _train(model, optimizer, plan, epochs, segs, strategy, clock, dataset, val_d
             if progbar is not None and (time.perf_counter() - last_bar > 0.2):
                 last_bar = time.perf_counter()
                 progbar.update(int(min(examples, epoch_end(epoch)) - epoch * n), [
-                    ("loss", _scalar(logs["loss"])), ("lr", _scalar(optimizer.learning_rate))])
+                    ("loss", scalar(logs["loss"])), ("lr", scalar(optimizer.learning_rate))])
             if averager is not None and updates % noise_every == 0 and seg.accumulation * replicas > 1:
                 b_small, b_big = seg.physical_batch // replicas, seg.batch_size
-                g_small, g_big = _scalar(wrapper.micro_batch_sq_norm), _scalar(wrapper.update_sq_norm)
+                g_small, g_big = scalar(wrapper.micro_batch_sq_norm), scalar(wrapper.update_sq_norm)
                 est = averager.update(estimate_grad_norm_sq(g_small, g_big, b_small, b_big),
                                       estimate_trace_sigma(g_small, g_big, b_small, b_big))
                 board.scalars("train", {"measured_b_simple": est.b_simple, "measured_grad_norm_sq": est.grad_norm_sq,
