@@ -260,7 +260,7 @@ class _Run:
                       "learning_rate": scalar(self.trainer.optimizer.learning_rate),
                       "batch_size": phase.batch_size, "momentum": float(spec.plan.momentum_value)}
         if spec.on_nonfinite == "skip":
-            ledger.skipped = epoch_logs["skipped_updates"] = self.trainer.guard.skipped_updates()
+            epoch_logs["skipped_updates"] = self._count_skipped()
         self.progress.end_epoch(ledger.epoch, ledger, metrics)
         self.board.epoch(metrics, ledger.epoch + 1, ledger.examples)
         self.callbacks.on_epoch_end(ledger.epoch, epoch_logs)
@@ -276,10 +276,14 @@ class _Run:
         self._check_finite(phase)
         if self.state is None:
             return
-        if self.spec.on_nonfinite == "skip":
-            self.ledger.skipped = self.trainer.guard.skipped_updates()
+        self._count_skipped()
         self.state.save(self.ledger.updates, {**self.spec.identity(), "seed": self.seed, **self.ledger.record(),
                                               "state": self.noise.state()})
+
+    def _count_skipped(self):
+        if self.spec.on_nonfinite == "skip":
+            self.ledger.skipped = self.trainer.guard.skipped_updates()
+        return self.ledger.skipped
 
     def _check_finite(self, phase):
         """Raises NonFiniteLossError if a loss of this phase so far was not finite (one host read)."""
@@ -292,13 +296,14 @@ class _Run:
                  if latest else "No checkpoint was saved before it." if self.state is not None
                  else "Nothing was saved (no checkpoint_dir).")
         raise NonFiniteLossError(
-            f"bstf.fit stopped: the training loss was not finite (NaN or infinite) at update {update} "
+            f"bstf.fit stopped: the training loss or its gradient was not finite (NaN or infinite) at update {update} "
             f"(epoch {epoch}, {examples} examples seen); no checkpoint was written after it. {where} "
             "Lower the learning rate (or its warmup target), check the data for NaN/inf, or pass "
             "on_nonfinite='skip' to skip such updates.",
             update=update, epoch=epoch, examples=examples, checkpoint=latest)
 
     def _finish(self):
+        self._count_skipped()
         history = self.ledger.history
         self.board.close(history, self.ledger.examples)
         self.model.optimizer.finalize_variable_values(self.model.trainable_weights)

@@ -96,7 +96,7 @@ class Ledger:
 
     def update_of(self, examples, phase):
         """The 1-based number of the update of the current ``phase`` that started at ``examples``."""
-        return self.updates - (self.examples - examples) // phase.batch_size
+        return self.updates - (self.examples - examples) // phase.batch_size + 1
 
     # ------------------------------------------------------------------ the record
     def record(self):

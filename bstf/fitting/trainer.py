@@ -120,9 +120,13 @@ class Trainer:
         self.model.train_function = None if self.accumulate is not None else original_train_function
 
     def trackables(self):
-        """What a checkpoint of the run holds besides its record."""
-        metrics = [v.value if isinstance(v, keras.Variable) else v for m in self.model.metrics for v in m.variables]
-        return {"model": self.model, "optimizer": self.optimizer, "clock": self.clock, "metrics": metrics}
+        """What a checkpoint of the run holds besides its record: the model's variables (weights, and the
+        seed states of its random layers), the compiled optimizer's state — never an Accumulate's (its
+        accumulators are zero at the update boundaries where checkpoints fall), so runs with and without
+        accumulation share checkpoints — the clock and the metric accumulators."""
+        plain = lambda vs: [v.value if isinstance(v, keras.Variable) else v for v in vs]  # noqa: E731
+        return {"model_variables": plain(self.model.variables), "optimizer": self.optimizer, "clock": self.clock,
+                "metrics": plain(v for m in self.model.metrics for v in m.variables)}
 
     # ------------------------------------------------------------------ one update
     def step_function(self):
