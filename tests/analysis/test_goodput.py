@@ -323,6 +323,12 @@ def test_probes_untimed_physical_batches_next_to_the_fastest():
     assert seen == [(256, 32, True), (256, 16, True), (256, 32, False), (256, 32, False)]
     assert c.throughput.tried == [16, 32, 64] and c.throughput.untried == [8]
     assert [change[:4] for change in c.changes] == [(10, 256, 32, 8), (20, 256, 16, 16), (30, 256, 32, 8)]
+    # both neighbours of the fastest untimed: the larger is probed first
+    c = GoodputBatch(256, 256, 10, base_lr=0.1, base_batch=32, granularity=32,
+                     throughput=ThroughputModel(64, physical_batches=PHYSICAL))
+    c.throughput.observe(16, 16, 0.45)
+    c.update(1.0, 100.0, 10)
+    assert (c.physical_batch, c.accumulation, c.decision.probe) == (32, 8, True)
 
 
 def test_state_round_trip_resumes_identical_decisions():
