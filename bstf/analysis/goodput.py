@@ -503,16 +503,20 @@ class GoodputBatch:
     ``tr Σ`` of each measurement and :meth:`observe` the wall-clock time of
     updates. A decision is a pure function of these numbers: workers that feed
     the same (reduced) numbers decide the same. At a decision it takes the
-    batch ``B*`` with the largest goodput at the measured noise scale among
-    realisations with a timed (or seeded) physical batch; it moves there only
-    if the goodput ratio to the current batch is at least ``1 + threshold`` at
-    both ends of the noise-scale interval (the ratio is monotone in the noise
-    scale, so at every point of it); otherwise a faster realisation of the
-    current batch is taken if it gains ``threshold``. Finally, if an untimed
-    physical batch next to the fastest timed one (per example) can realise the
-    chosen batch, it is used instead — a probe: at a fixed global batch the
-    split into micro-batches changes only the speed, not the training, and
-    each physical batch is probed at most once.
+    batch ``B*`` with the largest predicted goodput at the measured noise
+    scale, each batch at its predicted-fastest realisation (timed physical
+    batches at their fitted speed, untimed ones on the fitted line, as Pollux
+    extrapolates); it moves there only if the goodput ratio to the current
+    batch is at least ``1 + threshold`` at both ends of the noise-scale
+    interval (the ratio is monotone in the noise scale, so at every point of
+    it); otherwise a faster realisation of the current batch is taken if it
+    gains ``threshold``. Finally, if an untimed physical batch next to the
+    fastest timed one (per example) can realise the chosen batch, it is used
+    instead — a probe: at a fixed global batch the split into micro-batches
+    changes only the speed, not the training (the line cannot see a mid-range
+    throughput peak; probes can). A decision that moves to an untimed
+    physical batch is marked ``probe``; each is timed from then on, so every
+    shape is traced once.
     """
 
     def __init__(self, min_batch, max_batch, every_n_updates=100, lr_rule="adascale", *, base_lr, base_batch,
@@ -629,11 +633,9 @@ class GoodputBatch:
 
     # ------------------------------------------------------------------ deciding
     def _options(self):
-        """Arrays ``(B, b, k, seconds)``: the fastest measured realisation of every allowed batch."""
+        """Arrays ``(B, b, k, seconds)``: the predicted-fastest realisation of every allowed batch."""
         rows, fit = [], self.throughput.fit()
         for b in self.throughput.available:
-            if not self.throughput.measured(b):
-                continue
             k = np.arange(max(-(-self.min_batch // b), 2 if self.throughput.replicas == 1 else 1),
                           self.max_batch // b + 1)
             k = k[(b * k) % self.granularity == 0]
@@ -642,7 +644,7 @@ class GoodputBatch:
         best = {}
         for row in rows:
             best.setdefault(row[0], row)
-        return [np.array(c) for c in zip(*best.values())] if best else None
+        return [np.array(c) for c in zip(*best.values())]
 
     def _goodput(self, batch, seconds, b_simple):
         return self.base_batch * _gain(b_simple, batch, self.base_batch) / seconds
@@ -653,18 +655,17 @@ class GoodputBatch:
         current = (self.batch, self.physical_batch, self.accumulation)
         seconds = self.throughput.predict(self.physical_batch, self.accumulation)
         target = current
-        options = self._options()
-        if options is not None:
-            batches, physical, accumulation, times = options
-            i = int(np.argmax(self._goodput(batches, times, b_simple)))
-            ends = np.array([b_simple, *interval])
-            ratio = self._goodput(batches[i], times[i], ends) / self._goodput(self.batch, seconds, ends)
-            same = np.flatnonzero(batches == self.batch)
-            if batches[i] != self.batch and np.min(ratio) >= 1 + self.threshold:
-                target = (int(batches[i]), int(physical[i]), int(accumulation[i]))
-            elif same.size and seconds / times[same[0]] >= 1 + self.threshold:
-                target = (self.batch, int(physical[same[0]]), int(accumulation[same[0]]))
-        target, probe = self._probe(target)
+        batches, physical, accumulation, times = self._options()
+        i = int(np.argmax(self._goodput(batches, times, b_simple)))
+        ends = np.array([b_simple, *interval])
+        ratio = self._goodput(batches[i], times[i], ends) / self._goodput(self.batch, seconds, ends)
+        same = np.flatnonzero(batches == self.batch)
+        if batches[i] != self.batch and np.min(ratio) >= 1 + self.threshold:
+            target = (int(batches[i]), int(physical[i]), int(accumulation[i]))
+        elif same.size and seconds / times[same[0]] >= 1 + self.threshold:
+            target = (self.batch, int(physical[same[0]]), int(accumulation[same[0]]))
+        target = self._probe(target)
+        probe = not self.throughput.measured(target[1])
         changed = target != current
         if changed:
             self.batch, self.physical_batch, self.accumulation = target
@@ -675,19 +676,22 @@ class GoodputBatch:
         return self._record(updates, interval, changed, probe)
 
     def _probe(self, target):
-        """``target`` realised with an untimed neighbour of the fastest physical batch, if one divides it."""
+        """``target`` realised with an untimed neighbour of the fastest physical batch, if one divides it.
+
+        (Only when ``target`` itself uses a timed physical batch: one new shape per decision.)
+        """
         batch = target[0]
         available = self.throughput.available
         measured = [b for b in available if self.throughput.measured(b)]
-        if not measured:
-            return target, False
+        if not measured or not self.throughput.measured(target[1]):
+            return target
         fit = self.throughput.fit()
         fastest = min(measured, key=lambda b: (fit.micro_seconds(b) / b, -b))
         i = available.index(fastest)
         for n in available[i + 1:i + 2] + available[max(i - 1, 0):i]:
             if not self.throughput.measured(n) and (n, batch // n) in self._realisations(batch):
-                return (batch, n, batch // n), True
-        return target, False
+                return batch, n, batch // n
+        return target
 
     def _record(self, updates, interval, changed, probe):
         seconds = self.throughput.predict(self.physical_batch, self.accumulation)

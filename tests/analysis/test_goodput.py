@@ -323,12 +323,20 @@ def test_probes_untimed_physical_batches_next_to_the_fastest():
     assert seen == [(256, 32, True), (256, 16, True), (256, 32, False), (256, 32, False)]
     assert c.throughput.tried == [16, 32, 64] and c.throughput.untried == [8]
     assert [change[:4] for change in c.changes] == [(10, 256, 32, 8), (20, 256, 16, 16), (30, 256, 32, 8)]
-    # both neighbours of the fastest untimed: the larger is probed first
-    c = GoodputBatch(256, 256, 10, base_lr=0.1, base_batch=32, granularity=32,
-                     throughput=ThroughputModel(64, physical_batches=PHYSICAL))
-    c.throughput.observe(16, 16, 0.45)
-    c.update(1.0, 100.0, 10)
-    assert (c.physical_batch, c.accumulation, c.decision.probe) == (32, 8, True)
+
+
+
+def test_untimed_physical_batches_are_predicted_and_probed():
+    report = BatchSizeReport([BatchMeasurement(32, 32 / 0.04, 0.04)], 100.0, 32, 0.1, "linear", 0.1, 32, 1000, "")
+    for threshold in (0.05, 0.5):
+        c = GoodputBatch(256, 256, 10, base_lr=0.1, base_batch=32, granularity=32, threshold=threshold,
+                         throughput=ThroughputModel(64, physical_batches=PHYSICAL).seed(report))
+        assert (c.physical_batch, c.accumulation) == (32, 8)  # the finder timed 32: the fastest known
+        c.update(1.0, 100.0, 10)
+        # One timed batch: t_micro(b) = 0.02 + 0.02·b/32, so 64 × 4 is predicted 1.33x faster than 32 × 8: taken
+        # at a 5 % threshold; at 50 % it is still the first probe (both neighbours of 32 untimed: the larger first).
+        assert (c.physical_batch, c.accumulation, c.decision.probe) == (64, 4, True)
+        assert c.decision.seconds_per_update == pytest.approx(4 * 0.06)
 
 
 def test_state_round_trip_resumes_identical_decisions():
