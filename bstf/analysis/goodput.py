@@ -275,9 +275,11 @@ class ThroughputModel:
     backward passes and one optimizer apply / all-reduce. :meth:`fit` solves
     a non-negative least squares in relative error over the per-``(b, k)``
     medians (robust to the odd slow step: tracing, checkpoints, GC), with one
-    ``t_micro`` per measured ``b``; ``sync`` is identified only once some
-    ``b`` ran with two different ``k`` (before that it is 0 and the micro
-    times absorb it). The line ``alpha + beta·b/replicas`` through the
+    ``t_micro`` per measured ``b``. ``sync`` is identified once some ``b``
+    ran with two different ``k``; before that it is taken as one micro-batch
+    (``t/(k+1)`` of the quickest timing) — optimistic about accumulating, so
+    a controller tries a larger ``k`` and measures it (with ``sync = 0`` it
+    would never accumulate more than it must). The line ``alpha + beta·b/replicas`` through the
     measured ``t_micro`` predicts unmeasured batches (with one measured batch,
     Pollux's split: half constant, half proportional).
 
@@ -413,6 +415,9 @@ def _fit_times(rows, replicas):
     batches = sorted({b for b, *_ in rows})
     column = {b: i for i, b in enumerate(batches)}
     with_sync = any(len({k for b2, k, *_ in rows if b2 == b}) > 1 for b in batches)
+    # Unidentified (one k per b): the apply costs one micro-batch (optimistic about accumulation, as Pollux's
+    # split is about the batch); the first update at another k identifies it.
+    sync = 0.0 if with_sync else min(t / (k + 1) for _, k, t, _ in rows)
     a = np.zeros((len(rows), len(batches) + with_sync))
     y = np.zeros(len(rows))
     for i, (b, k, t, n) in enumerate(rows):
@@ -420,11 +425,11 @@ def _fit_times(rows, replicas):
         a[i, column[b]] = k * w
         if with_sync:
             a[i, -1] = w
-        y[i] = t * w
+        y[i] = (t - sync) * w
     x = scipy.optimize.nnls(a, y)[0]
     micro = {b: float(x[column[b]]) for b in batches}
     alpha, beta = _line(micro, replicas)
-    return ThroughputFit(alpha, beta, float(x[-1]) if with_sync else 0.0, micro, replicas)
+    return ThroughputFit(alpha, beta, float(x[-1]) if with_sync else sync, micro, replicas)
 
 
 def _line(micro, replicas):

@@ -153,12 +153,14 @@ def test_throughput_model_with_few_timings():
     assert model.physical_batches == [1, 2, 4, 8, 16, 32, 64] and model.fit() is None
     with pytest.raises(ValueError, match="the throughput model has no timing yet"):
         model.predict(32, 2)
-    model.observe(32, 2, 0.5, updates=5)  # 0.1 s per update; one k: no sync, micro 0.05 s
-    fit = model.fit()
-    assert (fit.sync, fit.micro[32]) == (0.0, pytest.approx(0.05))
+    model.observe(32, 2, 0.6, updates=5)  # 0.12 s per update at k = 2
+    fit = model.fit()  # one k: sync taken as one micro-batch, 0.12 / 3
+    assert (fit.sync, fit.micro[32]) == (pytest.approx(0.04), pytest.approx(0.04))
     # one physical batch: Pollux's split, half constant, half proportional to b
-    assert (fit.alpha, fit.beta) == (pytest.approx(0.025), pytest.approx(0.025 / 32))
-    assert model.predict(64, 2) == pytest.approx(2 * 0.075)
+    assert (fit.alpha, fit.beta) == (pytest.approx(0.02), pytest.approx(0.02 / 32))
+    assert model.predict(64, 2) == pytest.approx(2 * 0.06 + 0.04)
+    model.observe(32, 2, 0.1)
+    model.observe(32, 2, 0.1)  # the median is 0.1
     model.observe(32, 4, 0.18)  # a second k identifies sync: 2m + s = 0.1, 4m + s = 0.18
     assert (model.fit().micro[32], model.fit().sync) == (pytest.approx(0.04), pytest.approx(0.02))
     model.observe(32, 4, 0.14)
@@ -173,8 +175,8 @@ def test_throughput_model_replicas_window_and_state():
         model.observe(64, 2, t)
     assert model.get_state()["cells"] == [[64, 2, [1.0, 1.0, 1.0]]]  # only the last 3 kept
     model.observe(32, 2, 0.6)
-    fit = model.fit()  # micro 0.5 at b=64 (32 per replica), 0.3 at b=32 (16 per replica)
-    assert (fit.alpha, fit.beta) == (pytest.approx(0.1), pytest.approx(0.2 / 16))
+    fit = model.fit()  # sync 0.6 / 3; micro 0.4 at b=64 (32 per replica), 0.2 at b=32 (16 per replica)
+    assert (fit.sync, fit.alpha, fit.beta) == (pytest.approx(0.2), pytest.approx(0.0, abs=1e-12), pytest.approx(0.2 / 16))
     restored = ThroughputModel.from_config(json.loads(json.dumps(model.get_config())))
     restored.set_state(json.loads(json.dumps(model.get_state())))
     assert restored.fit() == fit
@@ -333,10 +335,11 @@ def test_untimed_physical_batches_are_predicted_and_probed():
                          throughput=ThroughputModel(64, physical_batches=PHYSICAL).seed(report))
         assert (c.physical_batch, c.accumulation) == (32, 8)  # the finder timed 32: the fastest known
         c.update(1.0, 100.0, 10)
-        # One timed batch: t_micro(b) = 0.02 + 0.02·b/32, so 64 × 4 is predicted 1.33x faster than 32 × 8: taken
-        # at a 5 % threshold; at 50 % it is still the first probe (both neighbours of 32 untimed: the larger first).
+        # One timing, 0.04 s at 32 × 1: sync 0.02, t_micro(b) = 0.01 + 0.01·b/32, so 64 × 4 (0.14 s) is predicted
+        # 1.29x faster than 32 × 8 (0.18 s): taken at a 5 % threshold; at 50 % it is still the first probe (both
+        # neighbours of 32 are untimed: the larger first).
         assert (c.physical_batch, c.accumulation, c.decision.probe) == (64, 4, True)
-        assert c.decision.seconds_per_update == pytest.approx(4 * 0.06)
+        assert c.decision.seconds_per_update == pytest.approx(0.14)
 
 
 def test_state_round_trip_resumes_identical_decisions():
