@@ -493,7 +493,7 @@ class GoodputBatch:
       throughput: a :class:`ThroughputModel` (physical batches, replicas, timings).
       granularity: the global batch is a multiple of this.
       initial_batch: batch before the first decision (default ``min_batch``).
-      threshold: change only if the predicted goodput grows by more than this
+      threshold: change only if the predicted goodput grows by at least this
         fraction (hysteresis; >= 0).
       confidence: a change must pay off (by ``threshold``) for every noise
         scale in :meth:`GradientStatistics.b_simple_interval` of this many
@@ -639,17 +639,16 @@ class GoodputBatch:
     # ------------------------------------------------------------------ deciding
     def _options(self):
         """Arrays ``(B, b, k, seconds)``: the predicted-fastest realisation of every allowed batch."""
-        rows, fit = [], self.throughput.fit()
+        fit, columns = self.throughput.fit(), []
         for b in self.throughput.available:
             k = np.arange(max(-(-self.min_batch // b), 2 if self.throughput.replicas == 1 else 1),
                           self.max_batch // b + 1)
             k = k[(b * k) % self.granularity == 0]
-            rows += [(b * int(ki), b, int(ki), fit.seconds(b, int(ki))) for ki in k]
-        rows.sort(key=lambda r: (r[0], r[3], -r[1]))  # per batch: fastest first, then the larger b
-        best = {}
-        for row in rows:
-            best.setdefault(row[0], row)
-        return [np.array(c) for c in zip(*best.values())]
+            columns.append((b * k, np.full(k.shape, b), k, k * fit.micro_seconds(b) + fit.sync))
+        batches, physical, accumulation, seconds = (np.concatenate(c) for c in zip(*columns))
+        order = np.lexsort((-physical, seconds, batches))  # per batch: fastest first, then the larger b
+        first = order[np.r_[True, batches[order][1:] != batches[order][:-1]]]
+        return batches[first], physical[first], accumulation[first], seconds[first]
 
     def _goodput(self, batch, seconds, b_simple):
         return self.base_batch * _gain(b_simple, batch, self.base_batch) / seconds
