@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["as_dataset", "looks_batched", "check_labelled", "check_plan", "count_examples", "check_size",
-           "check_batch_against_model", "check_writable"]
+           "check_batch_against_model", "check_writable", "check_optimizer"]
 
 _INT64_MAX = 2**63 - 1
 _SAMPLE = 64  # examples of the first batch checked against the model
@@ -88,6 +88,42 @@ def check_plan(plan, epochs, train_size=None):
                 raise ValueError(
                     f"{where} has a {what} of {value:g}, which is not a finite positive float32 number; check "
                     "base_lr, factor and the milestones (a huge base_lr or a factor applied too often).")
+
+
+# ============================================================================ the optimizer
+def check_optimizer(optimizer, plan, who):
+    """Refuses an optimizer ``plan`` cannot drive; True when its momentum follows the plan's schedule.
+
+    ``who`` names what drives it (``"bstf.fit"``, ``"FollowPlan"``) in the messages.
+    """
+    from bstf.optimizers.accumulate import Accumulate
+
+    if isinstance(optimizer, Accumulate):
+        raise ValueError(
+            f"the model is compiled with a bstf.optimizers.Accumulate; {who} accumulates by itself when the "
+            "plan's batch exceeds the physical batch. Compile with the inner optimizer instead.")
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        raise ValueError(
+            f"{who} does not support a LossScaleOptimizer (mixed_float16) yet; use float32 or mixed_bfloat16, "
+            "which needs no loss scaling.")
+    if isinstance(optimizer.get_config().get("learning_rate"), dict):  # a serialized LearningRateSchedule
+        raise ValueError(
+            f"the optimizer was created with its own learning-rate schedule; {who} sets the learning rate from "
+            "the plan. Compile with a float learning_rate and put the schedule in the plan.")
+    if getattr(optimizer, "supports_momentum_schedule", False):
+        return True
+    values = sorted(set(plan.momentum.values))
+    if isinstance(optimizer, keras.optimizers.SGD):
+        if len(values) > 1:
+            raise ValueError(
+                f"the plan changes the momentum ({values}) but keras.optimizers.SGD's momentum is fixed; "
+                "compile with bstf.optimizers.SGD, whose momentum follows the plan.")
+        if abs(optimizer.momentum - values[0]) > 1e-9:
+            raise ValueError(
+                f"the plan assumes momentum {values[0]} (its noise is eps*N/(B(1-m))) but the optimizer's momentum "
+                f"is {optimizer.momentum}; compile with keras.optimizers.SGD(momentum={values[0]}) or "
+                f"bstf.optimizers.SGD, or make the plan's base_momentum {optimizer.momentum}.")
+    return False
 
 
 # ============================================================================ the data

@@ -213,3 +213,30 @@ def test_as_dataset():
         checks.as_dataset(X, "validation_data")
     with pytest.raises(ValueError, match=r"train_data looks batched .*dataset.unbatch"):
         checks.as_dataset(DATA.batch(4), "train_data")
+
+
+# ============================================================================ check_optimizer
+BAD_OPTIMIZERS = [
+    (keras.optimizers.SGD(0.1, momentum=0.5), r"the plan assumes momentum 0.9 .* the optimizer's momentum is 0.5"),
+    (keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5), momentum=0.9),
+     "the optimizer was created with its own learning-rate schedule; bstf.fit sets the learning rate from the plan"),
+    (bstf.optimizers.Accumulate(keras.optimizers.SGD(0.1, momentum=0.9), 2),
+     "compiled with a bstf.optimizers.Accumulate; bstf.fit accumulates by itself"),
+    (keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1, momentum=0.9)),
+     r"bstf.fit does not support a LossScaleOptimizer \(mixed_float16\) yet"),
+]
+
+
+@pytest.mark.parametrize("optimizer, match", BAD_OPTIMIZERS)
+def test_check_optimizer_refuses_what_the_plan_cannot_drive(optimizer, match):
+    with pytest.raises(ValueError, match=match):
+        checks.check_optimizer(optimizer, _plan(), "bstf.fit")
+
+
+@pytest.mark.parametrize("optimizer, follows", [
+    (bstf.optimizers.SGD(0.1, momentum=0.0), True),  # supports_momentum_schedule: the plan sets it
+    (keras.optimizers.SGD(0.1, momentum=0.9), False),
+    (keras.optimizers.Adam(1e-3), False),
+])
+def test_check_optimizer_tells_whether_the_momentum_follows_the_plan(optimizer, follows):
+    assert checks.check_optimizer(optimizer, _plan(), "bstf.fit") is follows
