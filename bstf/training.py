@@ -44,13 +44,13 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from bstf.evaluation import evaluate
 from bstf.fitting.guard import NonFiniteLossError
 from bstf.fitting.report import Board, Ledger, Progress
 from bstf.fitting.spec import make_spec, physical_batch, segments
 from bstf.fitting.state import RunState
-from bstf.fitting.steps import is_multi_worker, scalar, strategy_step
+from bstf.fitting.steps import scalar
 from bstf.fitting.stream import ExampleStream
 from bstf.fitting.trainer import NoiseMeter, Trainer
 
@@ -253,7 +253,7 @@ class _Run:
         spec, ledger = self.spec, self.ledger
         metrics = {k: scalar(v) for k, v in self.model.get_metrics_result().items()} if logs else {}
         if spec.val_dataset is not None:
-            val = _evaluate(self.model, spec.strategy, spec.val_dataset.batch(spec.validation_batch_size))
+            val = evaluate(self.model, spec.val_dataset, spec.strategy, spec.validation_batch_size)
             metrics.update({f"val_{k}": float(v) for k, v in val.items()})
         epoch_logs = {**metrics, **({"b_simple": self.noise.b_simple} if self.noise.b_simple is not None else {}),
                       "examples": ledger.examples, "updates": ledger.updates,
@@ -320,19 +320,6 @@ def _seed(spec, record):
             f"checkpoint_dir {spec.checkpoint_dir!r} holds a run with seed {record['seed']}, now seed={spec.seed}; "
             "refusing to mix them. Use another checkpoint_dir or the same seed.")
     return record["seed"]
-
-
-def _evaluate(model, strategy, dataset):
-    """``model.evaluate`` (its own loop under multi-worker strategies, where Keras's fails)."""
-    if not is_multi_worker(strategy):
-        return model.evaluate(dataset, verbose=0, return_dict=True)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    step = strategy_step(model, strategy, "test_step")
-    model.reset_metrics()
-    for batch in strategy.experimental_distribute_dataset(dataset.with_options(options)):
-        step(batch)
-    return {k: scalar(v) for k, v in model.get_metrics_result().items()}
 
 
 def __getattr__(name):

@@ -1,7 +1,9 @@
 """The validated arguments of a :func:`bstf.fit` run and its phases.
 
 :func:`make_spec` checks every argument (a ``TypeError``/``ValueError`` naming the argument and the fix,
-before anything is built or trained) and returns a :class:`RunSpec`. The run's phases are the plan's
+before anything is built or trained) — the plan against the data (:func:`bstf.fitting.checks.check_plan`),
+the data's size (counted when unknown), its first batch against the model, the validation data likewise,
+the directories writable — and returns a :class:`RunSpec`. The run's phases are the plan's
 :class:`bstf.plan.Phase` objects — counted on the clock's arithmetic by the plan — with the physical
 batch and accumulation this run uses (:func:`segments`); with an adaptive controller the phases are made
 as it decides (:meth:`RunSpec.adaptive_phase`).
@@ -17,7 +19,7 @@ import tensorflow as tf
 from bstf import distribute
 from bstf._checks import check_int
 from bstf.analysis.noise_scale import NoiseScaleAverager
-from bstf.optimizers.accumulate import Accumulate
+from bstf.fitting import checks
 from bstf.plan import NoiseScalePlan, Phase, sgd_noise
 from bstf.schedules import _check_number
 
@@ -133,29 +135,54 @@ def make_spec(model, train_data, plan, epochs, **kw):
     epochs = _check_number("epochs", epochs, low=0, low_open=True)
     epochs = int(epochs) if isinstance(epochs, float) and epochs.is_integer() else epochs
     strategy = _resolve_strategy(kw["strategy"], model)
-    mpb = _check_max_physical_batch(kw["max_physical_batch"], strategy.num_replicas_in_sync)
+    replicas = strategy.num_replicas_in_sync
+    mpb = _check_max_physical_batch(kw["max_physical_batch"], replicas)
     options = _check_options(kw)
-    dataset = _check_train_data(train_data, plan)
-    val_dataset = _check_validation_data(kw["validation_data"])
     callbacks = kw["callbacks"]
     if isinstance(callbacks, keras.callbacks.Callback) or not all(
             isinstance(c, keras.callbacks.Callback) for c in callbacks):
         raise TypeError(f"callbacks must be a list of keras.callbacks.Callback, got {callbacks!r}.")
-    momentum_follows = _check_momentum(optimizer, plan)
+    momentum_follows = checks.check_optimizer(optimizer, plan, "bstf.fit")
     adaptive, noise_every = kw["adaptive"], options["noise_scale_every_n_updates"]
     if adaptive is not None:
-        _check_adaptive(adaptive, plan, mpb, strategy.num_replicas_in_sync)
+        _check_adaptive(adaptive, plan, mpb, replicas)
         noise_every = noise_every or max(1, adaptive.every_n_updates // 10)
         adaptive.reset()
         phases = (adaptive_phase(plan, epochs, adaptive, mpb, 0),)  # the first; the others are decided as it runs
     else:
-        phases = tuple(segments(plan, epochs, mpb, strategy.num_replicas_in_sync))
-    val_batch = kw["validation_batch_size"] or max(p.physical_batch for p in phases)
+        checks.check_plan(plan, epochs)
+        phases = tuple(segments(plan, epochs, mpb, replicas))
+    val_batch = _check_validation_batch(kw["validation_batch_size"], phases, replicas)
+    dataset, val_dataset = _check_data(model, plan, train_data, kw["validation_data"])
+    if distribute.is_chief(strategy):
+        checks.check_writable(options["logdir"], "logdir")
+        checks.check_writable(options["checkpoint_dir"], "checkpoint_dir")
     return RunSpec(
         model=model, optimizer=optimizer, plan=plan, epochs=epochs, strategy=strategy, dataset=dataset,
         val_dataset=val_dataset, phases=phases, max_physical_batch=mpb, callbacks=tuple(callbacks),
-        validation_batch_size=check_int("validation_batch_size", val_batch), adaptive=adaptive,
-        momentum_follows=momentum_follows, **{**options, "noise_scale_every_n_updates": noise_every})
+        validation_batch_size=val_batch, adaptive=adaptive, momentum_follows=momentum_follows,
+        **{**options, "noise_scale_every_n_updates": noise_every})
+
+
+def _check_data(model, plan, train_data, validation_data):
+    """The training and validation data sets, checked: unbatched, labelled, the training set's size (counted
+    when unknown) against the plan, their first examples against the model."""
+    dataset, size = checks.as_dataset(train_data, "train_data")
+    checks.check_size(dataset, size, plan.train_size)
+    checks.check_batch_against_model(model, dataset, "train_data")
+    if validation_data is None:
+        return dataset, None
+    val_dataset, _ = checks.as_dataset(validation_data, "validation_data")
+    checks.check_batch_against_model(model, val_dataset, "validation_data")
+    return dataset, val_dataset
+
+
+def _check_validation_batch(validation_batch_size, phases, replicas):
+    batch = check_int("validation_batch_size", validation_batch_size or max(p.physical_batch for p in phases))
+    if batch % replicas:
+        raise ValueError(f"validation_batch_size={batch} is a global batch and must divide by the {replicas} "
+                         f"replicas; use a multiple of {replicas}.")
+    return batch
 
 
 def _check_options(kw):
@@ -200,6 +227,7 @@ def _check_max_physical_batch(max_physical_batch, replicas):
 
 
 def _check_model(model):
+    """The compiled optimizer of ``model`` (which must be a compiled keras.Model)."""
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
     if not model.compiled:
@@ -207,89 +235,7 @@ def _check_model(model):
             "model is not compiled: call model.compile(optimizer=..., loss=..., metrics=...) "
             "before bstf.fit (bstf.fit drives the optimizer's learning rate from the plan)."
         )
-    optimizer = model.optimizer
-    if isinstance(optimizer, Accumulate):
-        raise ValueError(
-            "model is compiled with a bstf.optimizers.Accumulate; bstf.fit accumulates by itself when a "
-            "phase's batch exceeds max_physical_batch. Compile with the inner optimizer instead."
-        )
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        raise ValueError(
-            "bstf.fit does not support a LossScaleOptimizer (mixed_float16) yet; use float32 or "
-            "mixed_bfloat16, which needs no loss scaling."
-        )
-    if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-        raise ValueError(
-            f"the optimizer was created with its own learning-rate schedule "
-            f"({type(optimizer._learning_rate).__name__}); bstf.fit sets the learning rate from the plan. "
-            "Compile with a float learning_rate and put the schedule in the plan."
-        )
-    return optimizer
-
-
-def _check_momentum(optimizer, plan):
-    """Whether the optimizer's momentum follows the plan's schedule; an error if it cannot match the plan."""
-    values = sorted(set(plan.momentum.values))
-    if getattr(optimizer, "supports_momentum_schedule", False):
-        return True
-    if isinstance(optimizer, keras.optimizers.SGD):
-        if len(values) > 1:
-            raise ValueError(
-                f"the plan changes the momentum ({values}) but keras.optimizers.SGD's momentum is fixed; "
-                "compile with bstf.optimizers.SGD, whose momentum follows the plan."
-            )
-        if not math.isclose(optimizer.momentum, values[0], rel_tol=0, abs_tol=1e-9):
-            raise ValueError(
-                f"the plan assumes momentum {values[0]} (its SGD noise is eps*N/(B(1-m))) but the "
-                f"optimizer's momentum is {optimizer.momentum}; compile with "
-                f"keras.optimizers.SGD(momentum={values[0]}) or bstf.optimizers.SGD, or make the plan's "
-                f"base_momentum {optimizer.momentum}."
-            )
-    return False
-
-
-def _as_dataset(data, name):
-    from bstf.data import Data
-
-    if isinstance(data, Data):
-        return data.dataset, data.size
-    if isinstance(data, tf.data.Dataset):
-        card = int(data.cardinality())
-        return data, (card if card >= 0 else None)
-    raise TypeError(
-        f"{name} must be an unbatched tf.data.Dataset or a bstf.data.Data (what bstf.data.load returns), "
-        f"got {type(data).__name__}. For NumPy arrays use tf.data.Dataset.from_tensor_slices((x, y))."
-    )
-
-
-def _looks_batched(dataset):
-    shapes = [s.shape for s in tf.nest.flatten(dataset.element_spec) if hasattr(s, "shape")]
-    return bool(shapes) and all(s.rank is not None and s.rank >= 1 and s[0] is None for s in shapes)
-
-
-def _check_train_data(train_data, plan):
-    dataset, size = _as_dataset(train_data, "train_data")
-    if _looks_batched(dataset):
-        raise ValueError(
-            "train_data looks batched (every component has a leading None dimension); bstf.fit batches "
-            "the data itself with the plan's batch. Pass the unbatched dataset (e.g. dataset.unbatch())."
-        )
-    if size is not None and size != plan.train_size:
-        hint = " (it looks batched: pass dataset.unbatch())" if size < plan.train_size else ""
-        raise ValueError(
-            f"train_data has {size} examples but plan.train_size is {plan.train_size}{hint}; "
-            "the plan's epochs are epochs of this data set."
-        )
-    return dataset
-
-
-def _check_validation_data(validation_data):
-    if validation_data is None:
-        return None
-    dataset, _ = _as_dataset(validation_data, "validation_data")
-    if _looks_batched(dataset):
-        raise ValueError("validation_data looks batched; pass the unbatched dataset (e.g. dataset.unbatch()).")
-    return dataset
+    return model.optimizer
 
 
 def _resolve_strategy(strategy, model):
@@ -335,6 +281,10 @@ def _check_adaptive(adaptive, plan, max_physical_batch, replicas):
             f"({max_physical_batch}) so that every batch is a whole number of micro-batches.")
     if max_physical_batch % replicas:
         raise ValueError(f"max_physical_batch ({max_physical_batch}) must divide by the {replicas} replicas.")
+    if adaptive.max_batch > plan.train_size:
+        raise ValueError(
+            f"adaptive.max_batch ({adaptive.max_batch}) is larger than the training set ({plan.train_size} "
+            f"examples): one update would span several epochs. Use max_batch <= {plan.train_size}.")
     if (adaptive.min_batch // max_physical_batch) * replicas < 2:
         raise ValueError(
             f"at adaptive.min_batch={adaptive.min_batch} one micro-batch of {max_physical_batch} on "
