@@ -285,3 +285,71 @@ def test_no_usable_checkpoint_is_a_clear_error_before_training(tmp_path, uninter
         bstf.fit(model, _data(), TWO_PHASES, 1.5,
                  checkpoint_dir=d, **KW)
     assert int(model.optimizer.iterations.numpy()) == 0  # never a silent restart from zero
+
+
+# ============================================================================ bad input: refused before the first update
+def _dir_under_a_file(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    return str(tmp_path / "file" / "sub")
+
+
+def _unknown_size(ds):
+    return ds.filter(lambda x, y: True)
+
+
+BAD_INPUTS = {  # name -> (fit arguments, error, message)
+    "phase_batch_over_train_size": (dict(plan=_plan(milestones=[1], factor=1e3, mode="increase_batch")), ValueError,
+                                    "phase 1 \\(epochs 1-2\\) has a global batch of 8000 but the training set has 96"),
+    "learning_rate_overflows": (dict(plan=_plan(base_lr=1e308)), ValueError,
+                                "phase 0 \\(epochs 0-2\\) has a learning rate of inf, which is not a finite positive float32"),
+    "unknown_size_too_small": (dict(train_data=_unknown_size(_data()).take(50)), ValueError,
+                               "train_data has 50 examples but plan.train_size is 96"),
+    "unknown_size_too_large": (dict(train_data=_unknown_size(_data().repeat(2))), ValueError,
+                               "train_data has more than 96 examples"),
+    "empty_after_filter": (dict(train_data=_data().filter(lambda x, y: False)), ValueError, "train_data is empty"),
+    "repeated_forever": (dict(train_data=_data().repeat()), ValueError, "train_data repeats forever"),
+    "wrong_feature_shape": (dict(train_data=tf.data.Dataset.from_tensor_slices((X[:, :5], Y))), ValueError,
+                            "train_data has features of shape \\(5,\\) per example but the model's input takes \\(6,\\)"),
+    "string_features": (dict(train_data=tf.data.Dataset.from_tensor_slices((X.astype(str), Y))), ValueError,
+                        "train_data has string features"),
+    "no_labels": (dict(train_data=tf.data.Dataset.from_tensor_slices(X)), ValueError, "the labels are missing"),
+    "labels_out_of_range": (dict(train_data=tf.data.Dataset.from_tensor_slices((X, Y * 5))), ValueError,
+                            "labels from 0 to 5 but the model has 2 outputs"),
+    "bad_validation_data": (dict(validation_data=tf.data.Dataset.from_tensor_slices((X[:, :4], Y))), ValueError,
+                            "validation_data has features of shape \\(4,\\)"),
+    "checkpoint_dir_not_writable": (dict(checkpoint_dir=_dir_under_a_file), ValueError,
+                                    "checkpoint_dir .* is not a writable directory"),
+    "logdir_not_writable": (dict(logdir=_dir_under_a_file), ValueError, "logdir .* is not a writable directory"),
+    "adaptive_batch_over_train_size": (
+        dict(adaptive=bstf.analysis.AdaptiveBatch(16, 128, base_lr=0.05, base_batch=16, granularity=16),
+             max_physical_batch=8), ValueError, "adaptive.max_batch \\(128\\) is larger than the training set"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_refused_before_the_first_update(tmp_path, case):
+    kwargs, err, match = BAD_INPUTS[case]
+    args = {"train_data": _data(), "plan": _plan(), "epochs": 2, "verbose": 0, **kwargs}
+    for key in ("checkpoint_dir", "logdir"):
+        if callable(args.get(key)):
+            args[key] = args[key](tmp_path)
+    model = _model()
+    before = model.get_weights()
+    with pytest.raises(err, match=match):
+        bstf.fit(model, args.pop("train_data"), args.pop("plan"), args.pop("epochs"), **args)
+    assert int(model.optimizer.iterations.numpy()) == 0
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_second_run_on_a_live_runs_checkpoint_dir_is_refused(tmp_path):
+    from bstf.fitting.state import LockedError
+
+    d = str(tmp_path / "ckpt")
+    with RunState(d, {"clock": bstf.Clock(N)}):  # a run holding the directory
+        model = _model()
+        with pytest.raises(LockedError, match=f"checkpoint_dir '{d}' is in use by process {os.getpid()}"):
+            bstf.fit(model, _data(), _plan(), 1, verbose=0, checkpoint_dir=d)
+        assert int(model.optimizer.iterations.numpy()) == 0
+    h = bstf.fit(_model(), _data(), _plan(), 1, verbose=0, checkpoint_dir=d)  # free again once it ended
+    assert h.updates == 12
