@@ -48,7 +48,8 @@ class Trainer:
         self.spec, self.model, self.optimizer = spec, spec.model, spec.optimizer
         self._key = _cache_key(spec)
         cached = _CACHE.get(self.model)
-        if self._key is not None and cached is not None and cached["key"] == self._key:
+        if (self._key is not None and cached is not None and cached["key"] == self._key
+                and cached["optimizer"] is self.optimizer and cached["strategy"] is spec.strategy):
             self.clock, self.accumulate, self.guard = cached["clock"], cached["accumulate"], cached["guard"]
             self._step, self.held = cached["step"], None
             self.clock.reset(0)
@@ -104,7 +105,8 @@ class Trainer:
         return self
 
     def __exit__(self, *exc):
-        _CACHE[self.model] = {"key": self._key, "clock": self.clock, "accumulate": self.accumulate,
+        _CACHE[self.model] = {"key": self._key, "optimizer": self.optimizer, "strategy": self.spec.strategy,
+                              "clock": self.clock, "accumulate": self.accumulate,
                               "guard": self.guard, "step": self._step}
         opt = self.optimizer
         self.guard.uninstall()
@@ -125,7 +127,8 @@ class Trainer:
         accumulators are zero at the update boundaries where checkpoints fall), so runs with and without
         accumulation share checkpoints — the clock and the metric accumulators."""
         plain = lambda vs: [v.value if isinstance(v, keras.Variable) else v for v in vs]  # noqa: E731
-        return {"model_variables": plain(self.model.variables), "optimizer": self.optimizer, "clock": self.clock,
+        # (the model's own keras.Variable objects: the optimizer tracks the same ones, so each is saved once)
+        return {"model_variables": list(self.model.variables), "optimizer": self.optimizer, "clock": self.clock,
                 "metrics": plain(v for m in self.model.metrics for v in m.variables)}
 
     # ------------------------------------------------------------------ one update
@@ -185,8 +188,8 @@ def _ks(spec):
 def _cache_key(spec):
     if spec.adaptive is not None:
         return None
-    return (id(spec.optimizer), id(spec.strategy), json.dumps(spec.plan.get_config(), sort_keys=True), _ks(spec),
-            spec.momentum_follows, spec.noise_scale_every_n_updates is not None, spec.on_nonfinite)
+    return (json.dumps(spec.plan.get_config(), sort_keys=True), _ks(spec), spec.momentum_follows,
+            spec.noise_scale_every_n_updates is not None, spec.on_nonfinite)
 
 
 class NoiseMeter:
