@@ -224,7 +224,7 @@ class _Run:
         used = trainer.values() if self.board.due(ledger.updates + 1) else None  # before the update runs
         logs = trainer.update(iterator, phase)
         if used is not None:
-            self.board.update(phase, used, ledger, logs, trainer.guard.skipped_updates())
+            self.board.update(phase, used, ledger, logs, self._count_skipped())
         ledger.count(phase)
         self.callbacks.on_train_batch_end(ledger.updates - 1, logs)
         if self.progress.due():
@@ -286,7 +286,7 @@ class _Run:
         return self.ledger.skipped
 
     def _check_finite(self, phase):
-        """Raises NonFiniteLossError if a loss of this phase so far was not finite (one host read)."""
+        """Raises NonFiniteLossError if an update so far was not finite ("raise"; one host read)."""
         examples = self.trainer.guard.bad_examples()
         if examples is None:
             return
