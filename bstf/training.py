@@ -44,13 +44,15 @@ import warnings
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from bstf import distribute
 from bstf.evaluation import evaluate
 from bstf.fitting.guard import NonFiniteLossError
 from bstf.fitting.report import Board, Ledger, Progress
 from bstf.fitting.spec import make_spec, physical_batch, segments
 from bstf.fitting.state import RunState
-from bstf.fitting.steps import scalar
+from bstf.fitting.steps import is_multi_worker, scalar
 from bstf.fitting.stream import ExampleStream
 from bstf.fitting.trainer import NoiseMeter, Trainer
 
@@ -314,12 +316,22 @@ class _Run:
 def _seed(spec, record):
     """The run's shuffle seed: the checkpoint's (which a given ``seed`` must equal), the given one, or random."""
     if record is None:
-        return spec.seed if spec.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+        return spec.seed if spec.seed is not None else _random_seed(spec.strategy)
     if spec.seed is not None and record["seed"] != spec.seed:
         raise ValueError(
             f"checkpoint_dir {spec.checkpoint_dir!r} holds a run with seed {record['seed']}, now seed={spec.seed}; "
             "refusing to mix them. Use another checkpoint_dir or the same seed.")
     return record["seed"]
+
+
+def _random_seed(strategy):
+    """A random seed; under a multi-worker strategy the chief's, on every worker (they must read one stream)."""
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    if not is_multi_worker(strategy):
+        return seed
+    mine = tf.constant(seed if distribute.is_chief(strategy) else 0, tf.float64)  # exact below 2**53
+    total = strategy.reduce("SUM", strategy.run(tf.function(lambda: tf.identity(mine))), axis=None)
+    return int(round(float(total) / len(strategy.extended.worker_devices)))  # the chief's replicas gave it
 
 
 def __getattr__(name):

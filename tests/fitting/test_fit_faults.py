@@ -376,6 +376,11 @@ class Preempt(keras.callbacks.Callback):  # SIGKILLs worker KILL_TASK right afte
             os.kill(os.getpid(), signal.SIGKILL)
 
 plan = bstf.NoiseScalePlan(len(x), 0.05, 8, base_momentum=0.9, milestones=[1], factor=2, mode="increase_batch")
+if os.environ.get("SEED_ONLY"):  # no seed given: every worker must draw the chief's
+    h = bstf.fit(model, tf.data.Dataset.from_tensor_slices((x, y)), plan, 0.1, verbose=0)
+    with open(os.path.join({out!r}, f"seed{{task}}.json"), "w") as f:
+        json.dump(h.seed, f)
+    sys.exit(0)
 h = bstf.fit(model, tf.data.Dataset.from_tensor_slices((x, y)), plan, 2, seed=5, verbose=0, max_physical_batch=8,
              checkpoint_dir=os.path.join({out!r}, "ckpt"), checkpoint_every_n_updates=4, callbacks=[Preempt()])
 if bstf.distribute.is_chief(strategy):
@@ -388,6 +393,7 @@ if bstf.distribute.is_chief(strategy):
 
 @pytest.mark.slow
 def test_sigkill_one_of_two_workers_then_restart_both_equals_uninterrupted(tmp_path, free_ports):
+    """Also: without a seed, both workers draw the chief's."""
     import json
     import signal
     import subprocess
@@ -406,6 +412,11 @@ def test_sigkill_one_of_two_workers_then_restart_both_equals_uninterrupted(tmp_p
                  "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
             for i in range(2)]
 
+    # without a seed, the workers draw one (the chief's), so they read one shuffled stream
+    procs = launch(SEED_ONLY="1")
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], procs[0].communicate()[0][-3000:]
+    seeds = [json.loads((tmp_path / f"seed{i}.json").read_text()) for i in range(2)]
+    assert seeds[0] == seeds[1]
     # worker 1 is SIGKILLed after update 15 (saves after 4, 8, 12): worker 0 then waits in the next all-reduce
     procs = launch(KILL_AT_UPDATE="15", KILL_TASK="1")
     assert procs[1].wait(timeout=300) == -signal.SIGKILL, procs[1].communicate()[0][-3000:]
