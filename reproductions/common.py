@@ -70,6 +70,11 @@ GENERATED = "generated"
 
 
 # ============================================================================ flags
+SHARED_FLAGS = ("preset", "workdir", "strategy", "tpu", "num_cpu_devices", "dataset", "data_dir", "seeds", "epochs",
+                "train_examples", "test_examples", "max_physical_batch", "jit_compile", "smoke")
+"""The flags every script has (defined when this module is imported)."""
+
+
 def _define_flags():
     if "preset" in FLAGS:  # module reloaded: flags exist already
         return
