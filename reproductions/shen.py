@@ -206,8 +206,8 @@ def tiny():
     ``python reproductions/shen.py --preset=tiny --workdir=/tmp/shen_tiny``
     """
     return ShenConfig(preset="tiny", dataset="digits", train_examples=512, test_examples=128, seeds=(0,), epochs=2,
-                      batch_sizes=(16, 64), width=16, depth=1, lr_grid=(0.05,), sweep_epochs=1, histogram_trials=4,
-                      histogram_bins=8)
+                      batch_sizes=(16, 64), width=16, depth=1, lr_grid=(0.05,), sweep_epochs=1, validation_fraction=0.125,
+                      histogram_trials=4, histogram_bins=8)
 
 
 PRESETS = {"quick": quick, "paper": paper, "tiny": tiny}
