@@ -301,7 +301,10 @@ def main(name, make_config, prepare, execute, argv):
 
 def run_script(name, make_config, prepare, execute):
     """``absl.app.run`` of :func:`main` with :func:`parse_flags` (the ``__main__`` of every script)."""
-    app.run(lambda argv: main(name, make_config, prepare, execute, argv), flags_parser=parse_flags)
+    def absl_main(argv):
+        main(name, make_config, prepare, execute, argv)  # returns None: exit status 0
+
+    app.run(absl_main, flags_parser=parse_flags)
 
 
 # ============================================================================ seeding, strategy, logging
