@@ -247,7 +247,11 @@ def _flag_changes(config, converters, flag_values):
         if name in ("preset", "smoke") or name not in flag_values or not flag_values[name].present:
             continue
         value = flag_values[name].value
-        changes[name] = conv[name](value) if name in conv else value
+        try:
+            changes[name] = conv[name](value) if name in conv else value
+        except ValueError as e:
+            given = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+            raise ValueError(f"--{name}={given} is not valid: {e}") from None
     if "dataset" in changes and changes["dataset"] != config.dataset and "dataset_kwargs" not in changes:
         changes["dataset_kwargs"] = {}
     return changes
