@@ -426,28 +426,32 @@ def _pm_sig(values, figures=3):
     return report.pm(mean, std if len(values) > 1 else None, digits=min(digits, 8))
 
 
-def _markdown(config, runs, train, test, sb, lb):
-    paper = PAPER[config.compared_network]
-    n = len(runs)
+def _values(runs, regime, key, eps=None):
+    """Per-seed values of ``runs[regime][key]`` (``[str(eps)]`` for the sharpness)."""
+    return [run[regime][key] if eps is None else run[regime][key][str(eps)] for run in runs]
 
-    def vals(r, key, eps=None):
-        return [run[r][key] if eps is None else run[r][key][str(eps)] for run in runs]
 
+def _comparison(config, runs):
+    """Our numbers beside the paper's Tables 2, 3 and 4."""
+    paper, n = PAPER[config.compared_network], len(runs)
     rows = []
     for key, label in (("train_accuracy", "train accuracy (%)"), ("test_accuracy", "test accuracy (%)")):
         for r in REGIMES:
-            rows.append((f"{r.upper()} {label}", vals(r, key), _pm_paper(paper[r][key])))
+            rows.append((f"{r.upper()} {label}", _values(runs, r, key), _pm_paper(paper[r][key])))
     for key, label in (("sharpness", "sharpness φ, full space"),
                        ("sharpness_subspace", f"sharpness φ, {config.subspace_dim}-d subspace")):
         for eps in config.epsilons:
             for r in REGIMES:
                 p = paper[r][key].get(str(eps))
-                rows.append((f"{r.upper()} {label}, ε={eps:g}", _pm_sig(vals(r, key, eps)), _pm_paper(p)))
-    table = report.comparison_table(rows, ours=f"ours ({config.network}, {n} seed{'s' if n > 1 else ''})",
-                                    paper=f"Keskar et al. ({config.compared_network})")
+                rows.append((f"{r.upper()} {label}, ε={eps:g}", _pm_sig(_values(runs, r, key, eps)), _pm_paper(p)))
+    return report.comparison_table(rows, ours=f"ours ({config.network}, {n} seed{'s' if n > 1 else ''})",
+                                   paper=f"Keskar et al. ({config.compared_network})")
 
+
+def _per_seed(config, runs):
+    """(the per-seed table, the seeds that do not show the paper's direction)."""
     eps0 = str(config.epsilons[0])
-    seed_rows, disagree = [], []
+    rows, disagree = [], []
     for run in runs:
         s_sb, s_lb = run["sb"]["sharpness"][eps0], run["lb"]["sharpness"][eps0]
         ratio = s_lb / s_sb if s_sb > 0 else float("inf")
@@ -455,16 +459,21 @@ def _markdown(config, runs, train, test, sb, lb):
         worse = run["lb"]["test_accuracy"] <= run["sb"]["test_accuracy"]
         if not (sharper and worse):
             disagree.append(run["seed"])
-        seed_rows.append([run["seed"], f"{run['sb']['epochs']:g}", f"{run['lb']['epochs']:g}", run["sb"]["test_accuracy"],
-                          run["lb"]["test_accuracy"], f"{s_sb:.3g}", f"{s_lb:.3g}", f"{ratio:.1f}×",
-                          "yes" if sharper and worse else "**no**"])
-    per_seed = report.markdown_table(
+        rows.append([run["seed"], f"{run['sb']['epochs']:g}", f"{run['lb']['epochs']:g}", run["sb"]["test_accuracy"],
+                     run["lb"]["test_accuracy"], f"{s_sb:.3g}", f"{s_lb:.3g}", f"{ratio:.1f}×",
+                     "yes" if sharper and worse else "**no**"])
+    table = report.markdown_table(
         ["seed", "SB epochs", "LB epochs", "SB test %", "LB test %", f"SB φ(ε={eps0})", f"LB φ(ε={eps0})",
-         "LB/SB φ", "paper's direction"], seed_rows)
+         "LB/SB φ", "paper's direction"], rows)
+    return table, disagree
 
-    sharp_sb = np.mean(vals("sb", "sharpness", config.epsilons[0]))
-    sharp_lb = np.mean(vals("lb", "sharpness", config.epsilons[0]))
-    gap = np.mean(vals("sb", "test_accuracy")) - np.mean(vals("lb", "test_accuracy"))
+
+def _verdict(config, runs, disagree):
+    paper, n = PAPER[config.compared_network], len(runs)
+    eps0 = str(config.epsilons[0])
+    sharp_sb = np.mean(_values(runs, "sb", "sharpness", config.epsilons[0]))
+    sharp_lb = np.mean(_values(runs, "lb", "sharpness", config.epsilons[0]))
+    gap = np.mean(_values(runs, "sb", "test_accuracy")) - np.mean(_values(runs, "lb", "test_accuracy"))
     ours_ratio = f"{sharp_lb / sharp_sb:.1f}×" if sharp_sb > 0 else "∞ (SB φ = 0)"
     paper_sb, paper_lb = paper["sb"]["sharpness"].get(eps0), paper["lb"]["sharpness"].get(eps0)
     paper_ratio = f"{paper_lb[0] / paper_sb[0]:.0f}×" if paper_sb and paper_lb else "not reported"
@@ -479,15 +488,20 @@ def _markdown(config, runs, train, test, sb, lb):
     else:
         verdict += (f" Every seed shows the paper's direction (LB φ ≥ {SHARPER_FACTOR:g}× SB φ and LB test accuracy "
                     "not above SB).")
-    sub_sb = np.mean(vals("sb", "sharpness_subspace", config.epsilons[0]))
-    sub_lb = np.mean(vals("lb", "sharpness_subspace", config.epsilons[0]))
+    sub_sb = np.mean(_values(runs, "sb", "sharpness_subspace", config.epsilons[0]))
+    sub_lb = np.mean(_values(runs, "lb", "sharpness_subspace", config.epsilons[0]))
     paper_sub_sb = paper["sb"]["sharpness_subspace"].get(eps0)
     paper_sub_lb = paper["lb"]["sharpness_subspace"].get(eps0)
-    verdict += (f"\n\nIn the random {config.subspace_dim}-d subspace LB φ is "
-                + (f"**{sub_lb / sub_sb:.3g}×**" if sub_sb > 0 else "—") + " SB φ (paper: "
-                + (f"{paper_sub_lb[0] / paper_sub_sb[0]:.0f}×" if paper_sub_sb and paper_sub_lb else "not reported")
-                + "). " + _SUBSPACE_NOTE)
+    return verdict + (f"\n\nIn the random {config.subspace_dim}-d subspace LB φ is "
+                      + (f"**{sub_lb / sub_sb:.3g}×**" if sub_sb > 0 else "—") + " SB φ (paper: "
+                      + (f"{paper_sub_lb[0] / paper_sub_sb[0]:.0f}×" if paper_sub_sb and paper_sub_lb
+                         else "not reported") + "). " + _SUBSPACE_NOTE)
 
+
+def _markdown(config, runs, train, test, sb, lb):
+    table = _comparison(config, runs)
+    per_seed, disagree = _per_seed(config, runs)
+    verdict = _verdict(config, runs, disagree)
     interp = runs[0]["interpolation"]
     lines = [
         f"# Keskar et al. (2017) — {config.network} on {config.dataset}",

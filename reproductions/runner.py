@@ -201,17 +201,17 @@ def run_records(tree):
 
 
 # ============================================================================ TensorBoard
-def _hparam_value(value):
+def hparam_value(value):
     """bstf.fit's coercion: bool/int/float/str as they are, anything else as JSON text."""
     return value if isinstance(value, (bool, int, float, str)) else json.dumps(report.to_jsonable(value))
 
 
-def _scalars(values, prefix=""):
+def final_scalars(values, prefix=""):
     """{tag: float} of the finite numbers in a (nested) dict; nested keys are joined with ``_``."""
     out = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            out.update(_scalars(value, f"{prefix}{key}_"))
+            out.update(final_scalars(value, f"{prefix}{key}_"))
         elif isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value):
             out[f"{prefix}{key}"] = float(value)
     return out
@@ -234,8 +234,8 @@ class Board:
         """The run's hparams (None dropped) and ``final_<key>`` scalars of the record's numbers."""
         from tensorboard.plugins.hparams import api as hp
 
-        params = {k: _hparam_value(v) for k, v in hparams.items() if v is not None}
-        finals = _scalars({k: v for k, v in record.items() if k not in ("seed", "hparams", "curves", "phases")})
+        params = {k: hparam_value(v) for k, v in hparams.items() if v is not None}
+        finals = final_scalars({k: v for k, v in record.items() if k not in ("seed", "hparams", "curves", "phases")})
         with self._writer.as_default(step=0):
             hp.hparams(params)
             for key, value in finals.items():

@@ -494,48 +494,56 @@ def _sign(diff, tolerance):
     return "yes" if diff > tolerance else "**no**" if diff < -tolerance else "≈"
 
 
-def _markdown(config, summary, acc, runs, sweep, gradients, train, test):
-    batches = config.batch_sizes
-    n = len(runs)
-
+def _per_batch_table(config, summary, runs):
     def per_seed(key, b, q):
         return [r[key][str(b)][q] for r in runs]
 
     rows = []
-    for b in batches:
+    for b in config.batch_sizes:
         s = summary[str(b)]
         rows.append([b, s["fixed_lr"]["updates"], report.pm(per_seed("fixed_lr", b, "test_accuracy")),
                      report.pm(per_seed("fixed_lr", b, "distance_from_init"), digits=3),
                      f"{s['scaled_lr']['learning_rate']:g}", report.pm(per_seed("scaled_lr", b, "test_accuracy")),
                      report.pm(per_seed("scaled_lr", b, "distance_from_init"), digits=3), f"{s['best_lr']:g}"])
-    main_table = report.markdown_table(
+    return report.markdown_table(
         ["batch", "updates", f"test acc % (LR {config.base_lr:g})", "‖w−w₀‖ (fixed LR)", "scaled LR",
          "test acc % (scaled LR)", "‖w−w₀‖ (scaled LR)", "best LR (sweep)"], rows)
 
-    small = batches[0]
-    fixed = {b: summary[str(b)]["fixed_lr"] for b in batches}
-    control_rows = [[small, f"{config.epochs:g}", fixed[small]["updates"], fixed[small]["test_accuracy"]]]
+
+def _control_table(config, summary):
+    small = config.batch_sizes[0]
+    fixed = {b: summary[str(b)]["fixed_lr"] for b in config.batch_sizes}
+    rows = [[small, f"{config.epochs:g}", fixed[small]["updates"], fixed[small]["test_accuracy"]]]
     for b in config.controls:
         c = summary[str(b)]["control"]
-        control_rows.append([f"{b} (fixed budget)", f"{config.epochs:g}", fixed[b]["updates"],
-                             fixed[b]["test_accuracy"]])
-        control_rows.append([f"{b} (control)", f"{c['epochs']:g}", c["updates"], c["test_accuracy"]])
-    control_table = report.markdown_table(["batch", "epochs", "updates", "test acc %"], control_rows)
+        rows.append([f"{b} (fixed budget)", f"{config.epochs:g}", fixed[b]["updates"], fixed[b]["test_accuracy"]])
+        rows.append([f"{b} (control)", f"{c['epochs']:g}", c["updates"], c["test_accuracy"]])
+    return report.markdown_table(["batch", "epochs", "updates", "test acc %"], rows)
 
-    grad_rows = [[b, g["trials"], g["values_per_trial"], f"{g['value_std']:.3g}",
-                  f"{g['norm_mean']:.3g} ± {g['norm_std']:.2g}", g["outside"]] for b, g in gradients.items()]
-    grad_table = report.markdown_table(["batch", "trials", "values per trial", "std of raw values",
-                                        "‖g‖ mean ± std", "values outside the shared bins"], grad_rows)
 
-    acc_table = report.markdown_table(
+def _gradient_table(gradients):
+    rows = [[b, g["trials"], g["values_per_trial"], f"{g['value_std']:.3g}",
+             f"{g['norm_mean']:.3g} ± {g['norm_std']:.2g}", g["outside"]] for b, g in gradients.items()]
+    return report.markdown_table(["batch", "trials", "values per trial", "std of raw values", "‖g‖ mean ± std",
+                                  "values outside the shared bins"], rows)
+
+
+def _accumulation_table(acc):
+    return report.markdown_table(
         ["run", "train acc %", "test acc %", "‖w−w₀‖"],
         [[f"true batch {acc['batch_size']}", acc["true_train_accuracy"], acc["true_test_accuracy"],
           acc["true_distance_from_init"]],
-         [f"{acc['batch_size'] // acc['micro_batch']} × {acc['micro_batch']} accumulated", acc["accumulated_train_accuracy"],
-          acc["accumulated_test_accuracy"], acc["accumulated_distance_from_init"]]], digits=3)
+         [f"{acc['batch_size'] // acc['micro_batch']} × {acc['micro_batch']} accumulated",
+          acc["accumulated_train_accuracy"], acc["accumulated_test_accuracy"], acc["accumulated_distance_from_init"]]],
+        digits=3)
 
-    # Shen's claims, checked against our numbers: "yes" / "**no**" beyond a tolerance, "≈" within it
-    # (ACCURACY_TOLERANCE points of test accuracy, DISTANCE_TOLERANCE relative distance).
+
+def _claims(config, summary, acc, gradients):
+    """Shen's claims against our numbers: "yes" / "**no**" beyond a tolerance, "≈" within it
+    (ACCURACY_TOLERANCE points of test accuracy, DISTANCE_TOLERANCE relative distance)."""
+    batches = config.batch_sizes
+    small = batches[0]
+    fixed = {b: summary[str(b)]["fixed_lr"] for b in batches}
     fixed_acc = [fixed[b]["test_accuracy"] for b in batches]
     fixed_d = [fixed[b]["distance_from_init"] for b in batches]
     scaled_d = [summary[str(b)]["scaled_lr"]["distance_from_init"] for b in batches]
@@ -547,8 +555,8 @@ def _markdown(config, summary, acc, runs, sweep, gradients, train, test):
     larger_best = [summary[str(b)]["best_lr"] for b in batches[1:]]
     acc_gap = abs(acc["true_test_accuracy"] - acc["accumulated_test_accuracy"])
     tol, rel = ACCURACY_TOLERANCE, DISTANCE_TOLERANCE
-
-    claims = [
+    finite_acc = np.isfinite(acc["true_distance_from_init"]) and np.isfinite(acc["accumulated_distance_from_init"])
+    return [
         ("best LR at the smallest batch", f"{SHEN['best_lr_smallest']:g} (batch 32)",
          f"{summary[str(small)]['best_lr']:g} (batch {small})", ""),
         ("best LR at larger batches", f"{SHEN['best_lr_larger']:g}",
@@ -568,12 +576,15 @@ def _markdown(config, summary, acc, runs, sweep, gradients, train, test):
          f"std {g_small['value_std']:.3g} vs {g_big['value_std']:.3g}; ‖g‖ {g_small['norm_mean']:.3g} vs "
          f"{g_big['norm_mean']:.3g}"),
         (SHEN["claims"]["accumulation"], "yes",
-         "— (diverged)" if not (np.isfinite(acc["true_distance_from_init"]) and
-                               np.isfinite(acc["accumulated_distance_from_init"]))
-         else "yes" if acc_gap <= tol else "**no**",
+         "— (diverged)" if not finite_acc else "yes" if acc_gap <= tol else "**no**",
          f"test {acc['true_test_accuracy']:.2f} vs {acc['accumulated_test_accuracy']:.2f} %"),
     ]
-    claims_table = report.markdown_table(["Shen's observation", "Shen", "ours", "numbers"], claims)
+
+
+def _markdown(config, summary, acc, runs, sweep, gradients, train, test):
+    n = len(runs)
+    claims_table = report.markdown_table(["Shen's observation", "Shen", "ours", "numbers"],
+                                         _claims(config, summary, acc, gradients))
     lines = [
         f"# Shen — effect of batch size on training dynamics — {config.network} on {config.dataset}",
         "",
@@ -598,23 +609,23 @@ def _markdown(config, summary, acc, runs, sweep, gradients, train, test):
         f"Best LR: highest validation accuracy ({sweep['validation_examples']} held-out training examples) after "
         f"{sweep['epochs']} epochs over {list(config.lr_grid)}.",
         "",
-        main_table,
+        _per_batch_table(config, summary, runs),
         "## Control: same number of updates",
         "",
-        control_table,
+        _control_table(config, summary),
         "## Gradients at the initial weights",
         "",
         f"Raw gradient values of {config.histogram_trials} random batches per size, pooled into "
         f"{config.histogram_bins} bins shared by all sizes (`gradient_histogram.png`, `gradient_norms.png`).",
         "",
-        grad_table,
+        _gradient_table(gradients),
         "## Gradient accumulation vs the true batch",
         "",
         f"Same effective batch, LR {runs[0]['accumulation']['learning_rate']:g}, same initial weights and data "
         "order; the accumulated run computes the gradient of each micro-batch and applies their mean once per "
         "effective batch (`bstf.fit(..., max_physical_batch=...)`).",
         "",
-        acc_table,
+        _accumulation_table(acc),
     ]
     return "\n".join(lines)
 

@@ -342,19 +342,9 @@ def _plots(config, summary, workdir, train_size):
     return paths
 
 
-def _markdown(config, summary, train, test):
+def _verdict(summary):
+    """The report's statements: spread of the main schedules, update savings, the two rescalings."""
     ref = summary.get("decay_lr")
-    rows = []
-    for s, r in summary.items():
-        acc = report.pm(r["test_accuracy"], r["test_accuracy_std"] or None)
-        d_acc = "—" if ref is None else f"{r['test_accuracy'] - ref['test_accuracy']:+.2f}"
-        fewer = "—" if ref is None else f"{ref['updates'] / r['updates']:.2f}×"
-        paper_fewer = f"{summary_paper_ratio(s):.2f}×"
-        rows.append([s, acc, d_acc, r["updates"], fewer, r["max_batch"], f"{r['momentum']:g}",
-                     f"{r['train_seconds']:.0f}", r["paper_updates"], paper_fewer, PAPER_CLAIMS[s]])
-    table = report.markdown_table(
-        ["schedule", "test acc %", "Δ vs decay_lr", "updates", "fewer than decay_lr", "max batch", "momentum",
-         "train s", "paper recipe updates", "paper fewer", "paper's outcome"], rows)
     verdict = []
     main = [s for s in MAIN_SCHEDULES if s in summary]
     if len(main) > 1:
@@ -374,11 +364,25 @@ def _markdown(config, summary, train, test):
             r = summary[s]
             verdict.append(f"{s}: {r['test_accuracy']:.2f} % ({r['test_accuracy'] - ref['test_accuracy']:+.2f} vs "
                            f"decay_lr) with {ref['updates'] / r['updates']:.1f}× fewer updates.")
-    phase_rows = []
+    return verdict
+
+
+def _markdown(config, summary, train, test):
+    ref = summary.get("decay_lr")
+    rows = []
     for s, r in summary.items():
-        for p in r["phases"]:
-            phase_rows.append([s, f"{p['start_epoch']:g}–{p['end_epoch']:g}", f"{p['learning_rate']:.4g}",
-                               p["batch_size"], p["accumulation"], f"{p['momentum']:g}", p["updates"]])
+        acc = report.pm(r["test_accuracy"], r["test_accuracy_std"] or None)
+        d_acc = "—" if ref is None else f"{r['test_accuracy'] - ref['test_accuracy']:+.2f}"
+        fewer = "—" if ref is None else f"{ref['updates'] / r['updates']:.2f}×"
+        paper_fewer = f"{summary_paper_ratio(s):.2f}×"
+        rows.append([s, acc, d_acc, r["updates"], fewer, r["max_batch"], f"{r['momentum']:g}",
+                     f"{r['train_seconds']:.0f}", r["paper_updates"], paper_fewer, PAPER_CLAIMS[s]])
+    table = report.markdown_table(
+        ["schedule", "test acc %", "Δ vs decay_lr", "updates", "fewer than decay_lr", "max batch", "momentum",
+         "train s", "paper recipe updates", "paper fewer", "paper's outcome"], rows)
+    verdict = _verdict(summary)
+    phase_rows = [[s, f"{p['start_epoch']:g}–{p['end_epoch']:g}", f"{p['learning_rate']:.4g}", p["batch_size"],
+                   p["accumulation"], f"{p['momentum']:g}", p["updates"]] for s, r in summary.items() for p in r["phases"]]
     lines = [
         f"# Smith et al. (2017) — {config.network} on {config.dataset}",
         "",

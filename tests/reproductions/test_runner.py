@@ -111,7 +111,7 @@ def test_run_records_finds_every_record():
 
 
 def test_hparams_and_scalars_follow_bstf_fits_coercion():
-    assert runner._hparam_value((1, 2)) == "[1, 2]" and runner._hparam_value(np.float32(0.5)) == "0.5"
-    assert runner._hparam_value(3) == 3 and runner._hparam_value("x") == "x"
-    assert runner._scalars({"a": 1, "b": {"0.001": 2.0}, "c": "text", "d": float("nan"), "e": True}) == {
+    assert runner.hparam_value((1, 2)) == "[1, 2]" and runner.hparam_value(np.float32(0.5)) == "0.5"
+    assert runner.hparam_value(3) == 3 and runner.hparam_value("x") == "x"
+    assert runner.final_scalars({"a": 1, "b": {"0.001": 2.0}, "c": "text", "d": float("nan"), "e": True}) == {
         "a": 1.0, "b_0.001": 2.0}
