@@ -1,3 +1,4 @@
+import importlib
 import itertools
 
 import numpy as np
@@ -64,12 +65,63 @@ def test_subspace_bounds_use_pseudo_inverse():
     fmax = box_max(lambda x: f(x)[0], x0, half, A=A)
     assert res.subspace_dim == 2
     assert res.max_loss == pytest.approx(fmax, rel=1e-8)
-    # A random subspace is N(0, 1/n) with the given seed.
+    # A random subspace is the seed's float32 A (standard normal by default).
     a = analysis.random_subspace(5, 3, seed=7)
-    assert a.shape == (5, 3)
+    assert a.shape == (5, 3) and a.dtype == np.float32
     r1 = analysis.sharpness_of(f, x0, epsilon=eps, subspace_dim=3, seed=7, max_iter=20)
     r2 = analysis.sharpness_of(f, x0, epsilon=eps, subspace_matrix=a, max_iter=20)
     assert r1.sharpness == pytest.approx(r2.sharpness, rel=1e-12)
+
+
+def test_random_subspace_scales_and_blocks(monkeypatch):
+    module = importlib.import_module("bstf.analysis.sharpness")
+
+    monkeypatch.setattr(module, "_BLOCK_ROWS", 4000)
+    a = analysis.random_subspace(10_000, 50, seed=3)
+    unit = analysis.random_subspace(10_000, 50, seed=3, subspace_scale="unit")
+    np.testing.assert_allclose(unit, a / np.sqrt(10_000), rtol=1e-6)
+    # standard normal: mean 0, variance 1 over 500k entries (5 sigma bounds); unit columns have norm ~1
+    assert abs(a.mean()) < 5 / np.sqrt(a.size) and abs(a.var() - 1) < 5 * np.sqrt(2 / a.size)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=0), 1, atol=0.05)
+    # every block comes from its own seed: an A with more rows extends this one
+    np.testing.assert_array_equal(analysis.random_subspace(12_000, 50, seed=3)[:10_000], a)
+    assert not np.array_equal(analysis.random_subspace(10_000, 50, seed=4), a)
+    with pytest.raises(ValueError, match=r"subspace_scale must be one of \('standard', 'unit'\), got 'big'"):
+        analysis.random_subspace(5, 2, subspace_scale="big")
+
+
+@pytest.mark.parametrize("scale", ["standard", "unit"])
+def test_streamed_subspace_equals_the_dense_one(monkeypatch, scale):
+    # A too large to hold is regenerated block by block for every product; A⁺x from the normal equations
+    module = importlib.import_module("bstf.analysis.sharpness")
+
+    monkeypatch.setattr(module, "_BLOCK_ROWS", 7)
+    rng = np.random.RandomState(1)
+    H = np.diag(rng.uniform(0.5, 3.0, 30))
+    x0 = rng.randn(30)
+    kw = dict(epsilon=0.05, subspace_dim=4, seed=11, max_iter=15, subspace_scale=scale)
+    dense = analysis.sharpness_of(quadratic(H), x0, **kw)
+    monkeypatch.setattr(module, "MAX_DENSE_ENTRIES", 10)
+    streamed = analysis.sharpness_of(quadratic(H), x0, **kw)
+    assert streamed.sharpness == pytest.approx(dense.sharpness, rel=1e-9)
+    np.testing.assert_allclose(streamed.perturbation, dense.perturbation, rtol=1e-7, atol=1e-12)
+    # and the explicit matrix gives the same as the random one drawn from the seed
+    a = analysis.random_subspace(30, 4, seed=11, subspace_scale=scale)
+    explicit = analysis.sharpness_of(quadratic(H), x0, epsilon=0.05, subspace_matrix=a, max_iter=15)
+    assert explicit.sharpness == pytest.approx(dense.sharpness, rel=1e-12)
+
+
+def test_standard_subspace_box_is_larger_than_the_unit_one():
+    # the same subspace directions, sqrt(n) x longer columns: A⁺x shrinks by sqrt(n), the +1 term does not,
+    # so the standard-normal box reaches further in weight space and the loss rise is at least as large
+    rng = np.random.RandomState(2)
+    n = 400
+    H = np.diag(rng.uniform(0.5, 2.0, n))
+    x0 = rng.randn(n) * 0.1
+    kw = dict(epsilon=1e-2, subspace_dim=5, seed=0, max_iter=30)
+    std = analysis.sharpness_of(quadratic(H), x0, **kw)
+    unit = analysis.sharpness_of(quadratic(H), x0, subspace_scale="unit", **kw)
+    assert std.sharpness > 10 * unit.sharpness > 0
 
 
 def _linear_model(n=200, d=3, seed=0):
@@ -101,8 +153,8 @@ def test_model_sharpness_on_linear_regression_matches_brute_force():
     assert res.sharpness == pytest.approx(phi(f0, fmax), rel=1e-3)
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
-    sub = analysis.sharpness(model, (x, y), epsilon=eps, subspace_dim=2, max_iter=5)
-    assert 0 <= sub.sharpness <= res.sharpness + 1e-6  # a subspace of the same box cannot rise further
+    sub = analysis.sharpness(model, (x, y), epsilon=eps, subspace_dim=2, max_iter=5, subspace_scale="unit")
+    assert 0 <= sub.sharpness <= res.sharpness + 1e-6  # a unit-column subspace box lies within the full one
     # an explicit A = I (the whole space as a "subspace": A⁺x = x, the same box) gives the full-space value
     ident = analysis.sharpness(model, (x, y), epsilon=eps, max_iter=50, batch_size=64, subspace_matrix=np.eye(4))
     assert ident.subspace_dim == 4 and ident.sharpness == pytest.approx(res.sharpness, rel=1e-4)
