@@ -31,10 +31,10 @@ import numpy as np
 import tensorflow as tf
 
 import bstf
+from bstf import tags
 from reproductions import common, report
 
-# TensorBoard tag names, in bstf.fit's vocabulary (the one place to switch to bstf.tags).
-FINAL_TAG = "final_{}"  # a number known at the end of a run, e.g. final_test_accuracy
+# TensorBoard tags: bstf.fit's vocabulary (bstf.tags) — the run summary's numbers are bstf.tags.final_metric(key).
 RESULTS_TEXT_TAG = "results"  # the results.md table on the summary board
 
 RESULT_KEYS = ("name", "seed", "hparams", "epochs", "updates", "examples", "train_seconds", "batch_size",
@@ -53,7 +53,7 @@ RESULT_KEYS = ("name", "seed", "hparams", "epochs", "updates", "examples", "trai
 """
 CURVE_KEYS = ("examples", "updates", "batch_size", "learning_rate", "loss", "accuracy", "val_loss", "val_accuracy")
 PHASE_KEYS = ("start_epoch", "end_epoch", "batch_size", "physical_batch", "accumulation", "learning_rate",
-              "momentum", "updates")
+              "momentum", "sgd_noise", "updates")
 _PERCENT = ("accuracy", "val_accuracy")
 SPREAD_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 """Summary entries give ``<key>_std`` and ``<key>_per_seed`` for these."""
@@ -239,7 +239,7 @@ class Board:
         with self._writer.as_default(step=0):
             hp.hparams(params)
             for key, value in finals.items():
-                tf.summary.scalar(FINAL_TAG.format(key), value)
+                tf.summary.scalar(tags.final_metric(key), value)
         self._writer.flush()
 
     def images(self, paths, step=0):

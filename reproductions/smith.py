@@ -382,7 +382,8 @@ def _markdown(config, summary, train, test):
          "train s", "paper recipe updates", "paper fewer", "paper's outcome"], rows)
     verdict = _verdict(summary)
     phase_rows = [[s, f"{p['start_epoch']:g}–{p['end_epoch']:g}", f"{p['learning_rate']:.4g}", p["batch_size"],
-                   p["accumulation"], f"{p['momentum']:g}", p["updates"]] for s, r in summary.items() for p in r["phases"]]
+                   p["accumulation"], f"{p['momentum']:g}", f"{p['sgd_noise']:.4g}", p["updates"]]
+                  for s, r in summary.items() for p in r["phases"]]
     lines = [
         f"# Smith et al. (2017) — {config.network} on {config.dataset}",
         "",
@@ -407,7 +408,8 @@ def _markdown(config, summary, train, test):
         table,
         "## Phases",
         "",
-        report.markdown_table(["schedule", "epochs", "LR", "batch", "accumulation", "momentum", "updates"], phase_rows),
+        report.markdown_table(["schedule", "epochs", "LR", "batch", "accumulation", "momentum", "SGD noise g",
+                               "updates"], phase_rows),
         "Plots: `accuracy_vs_epochs.png`, `accuracy_vs_updates.png` (Fig. 2 style), `schedules.png` (LR, batch, "
         "momentum and SGD noise g per epoch).",
     ]
