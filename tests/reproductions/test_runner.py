@@ -10,7 +10,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.util import tensor_util
 
 import bstf
-from bstf import tags
 from reproductions import common, networks, runner
 
 
@@ -67,9 +66,9 @@ def test_fit_and_evaluate_record(tmp_path):
     logdir = tmp_path / "tensorboard" / "seed3" / "grow"
     values, tags = _tags(logdir)
     assert "_hparams_/session_start_info" in tags
-    assert values[tags.final_metric("test_accuracy")] == pytest.approx([record["test_accuracy"]])
-    assert values[tags.final_metric("updates")] == [9.0]
-    assert values[tags.final_metric("weights_norm")] == [1.5]
+    assert values[bstf.tags.final_metric("test_accuracy")] == pytest.approx([record["test_accuracy"]])
+    assert values[bstf.tags.final_metric("updates")] == [9.0]
+    assert values[bstf.tags.final_metric("weights_norm")] == [1.5]
     assert (logdir / "train").is_dir() and (logdir / "validation").is_dir()  # bstf.fit's curves
 
 
