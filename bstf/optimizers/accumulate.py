@@ -73,6 +73,7 @@ divides the data).
 """
 
 import contextlib
+import copy
 import inspect
 import numbers
 import warnings
@@ -544,7 +545,7 @@ class Accumulate(keras.optimizers.Optimizer):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        config = copy.deepcopy(config)  # LossScaleOptimizer.from_config pops from the dict it is given
         config["optimizer"] = keras.saving.deserialize_keras_object(config["optimizer"], custom_objects=custom_objects)
         if isinstance(config["steps"], dict):
             config["steps"] = keras.saving.deserialize_keras_object(config["steps"], custom_objects=custom_objects)
