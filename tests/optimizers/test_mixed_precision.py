@@ -205,6 +205,19 @@ def test_overflow_on_replica_1_is_seen_with_k_1():
     assert int(acc.skipped_updates.numpy()) == 1 and float(acc.loss_scale.numpy()) == 512.0
 
 
+def test_overflow_with_jit_compile():
+    acc = _scaled_sgd(4)
+    model = _regressor(acc)
+    model.compile(acc, "mse", jit_compile=True)
+    initial = model.get_weights()
+    model.fit(_overflowing(20)[:64], YR[:64], batch_size=16, shuffle=False, verbose=0)
+    for w, w0 in zip(model.get_weights(), initial):
+        np.testing.assert_array_equal(w, w0)
+    assert int(acc.skipped_updates.numpy()) == 1 and float(acc.loss_scale.numpy()) == 512.0
+    model.fit(XR[64:128], YR[64:128], batch_size=16, shuffle=False, verbose=0)
+    assert int(acc.updates.numpy()) == 1 and all(np.isfinite(w).all() for w in model.get_weights())
+
+
 def test_keras_loss_scale_optimizer_alone_decides_on_replica_0():
     """Keras 3.15's LossScaleOptimizer under MirroredStrategy checks replica 0's unreduced gradients only.
 
