@@ -20,7 +20,8 @@ clock) and, per configuration, the CPU time (``time.process_time``, all
 threads) of its cheapest epoch relative to float32 with the same batching —
 the steadier figure on a CPU shared with other jobs. Then the optimizer alone: µs per
 ``optimizer.apply`` (one micro-step) of float32 gradients in a
-``tf.while_loop``, which isolates what loss scaling adds to the update from
+``tf.while_loop`` (the optimizers taking turns, cheapest of ``3 × --repeats``
+rounds), which isolates what loss scaling adds to the update from
 the float16 compute (which on a CPU is emulated and slow; on a GPU it is what
 Tensor Cores accelerate). Figures go to stdout as markdown (pasted into
 docs/performance.md, "## Mixed precision").
@@ -46,6 +47,7 @@ flags.DEFINE_integer("features", 64, "Input features.")
 flags.DEFINE_integer("width", 256, "Hidden width of the MLP.")
 flags.DEFINE_integer("repeats", 5, "Timed epochs per configuration.")
 flags.DEFINE_bool("mirrored", True, "Also run under MirroredStrategy on 2 logical CPUs.")
+flags.DEFINE_bool("fit", True, "Time model.fit epochs (false: only the optimizer-alone table).")
 
 LSO = keras.optimizers.LossScaleOptimizer
 tf.get_logger().setLevel("ERROR")  # MirroredStrategy's per-reduction INFO lines
@@ -102,6 +104,19 @@ def run(strategy, x, y):
     return {name: (len(x) / min(wall), min(cpu)) for name, (_, _, wall, cpu) in models.items()}
 
 
+def apply_loop(model):
+    """A tf.function applying the model's optimizer ``n`` times to fixed float32 gradients."""
+    variables, optimizer = model.trainable_variables, model.optimizer
+    grads = [tf.ones(v.shape) * 1e-3 for v in variables]
+
+    @tf.function
+    def loop(n):
+        for _ in tf.range(n):
+            optimizer.apply(grads, variables)
+
+    return loop
+
+
 def apply_costs(makers, applies=2000, rounds=None):
     """label -> (wall, CPU) microseconds per optimizer.apply (one micro-step) of float32 gradients.
 
@@ -110,15 +125,7 @@ def apply_costs(makers, applies=2000, rounds=None):
     """
     loops = {}
     for label, make in makers.items():
-        model = build("float32", make, tf.distribute.get_strategy())
-        variables, optimizer = model.trainable_variables, model.optimizer
-        grads = [tf.ones(v.shape) * 1e-3 for v in variables]
-
-        @tf.function
-        def loop(n, optimizer=optimizer, grads=grads, variables=variables):
-            for _ in tf.range(n):
-                optimizer.apply(grads, variables)
-
+        loop = apply_loop(build("float32", make, tf.distribute.get_strategy()))
         loop(tf.constant(8))  # trace
         loops[label] = (loop, [], [])
     for _ in range(rounds or 3 * FLAGS.repeats):
@@ -147,6 +154,12 @@ def main(argv):
     print(f"MLP {FLAGS.features}-{FLAGS.width}-{FLAGS.width}-10, SGD(0.05, momentum=0.9), {FLAGS.examples} "
           f"examples per epoch, best of {FLAGS.repeats} epochs, TF {tf.__version__} / Keras {keras.__version__}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.\n")
+    if FLAGS.fit:
+        fit_table(strategies, x, y)
+    optimizer_table()
+
+
+def fit_table(strategies, x, y):
     print("| strategy | policy | configuration | examples/s (wall) | CPU time × float32, same batching |")
     print("|---|---|---|---:|---:|")
     configs = configurations()
@@ -156,6 +169,9 @@ def main(argv):
             rate, cpu = results[name]
             base = results["f32_plain" if name.endswith("plain") else "f32_acc"][1]
             print(f"| {strategy_name} | {policy} | {label} | {rate:,.0f} | {cpu / base:.2f} |")
+
+
+def optimizer_table():
     k = FLAGS.k
     print("\nOptimizer alone (single device): `optimizer.apply` of float32 gradients in a `tf.while_loop`.\n")
     print("| optimizer | µs per call (wall) | CPU µs per call |")

@@ -115,6 +115,34 @@ def _is_loss_scale_optimizer(optimizer):
     return isinstance(optimizer, _LossScaleOptimizer)
 
 
+def _check_optimizer(optimizer):
+    """The optimizer that reduces gradients across replicas (a LossScaleOptimizer's inner one), checked."""
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise TypeError(
+            f"optimizer must be a keras.optimizers.Optimizer, got {type(optimizer).__name__}: {optimizer!r}."
+        )
+    if isinstance(optimizer, Accumulate):
+        raise TypeError("optimizer must not be an Accumulate; wrap the inner optimizer once.")
+    reducer = optimizer.inner_optimizer if isinstance(optimizer, _LossScaleOptimizer) else optimizer
+    if isinstance(reducer, (Accumulate, _LossScaleOptimizer)):
+        raise TypeError(
+            "a LossScaleOptimizer given to Accumulate must wrap a plain optimizer (SGD, Adam, ...), "
+            f"got a LossScaleOptimizer around {type(reducer).__name__}."
+        )
+    if not callable(getattr(reducer, "_all_reduce_sum_gradients", None)):
+        raise TypeError(
+            f"optimizer {type(reducer).__name__} is not a TensorFlow-backend Keras optimizer "
+            "(it lacks _all_reduce_sum_gradients); bstf needs the TensorFlow backend."
+        )
+    if reducer.gradient_accumulation_steps:
+        raise ValueError(
+            "optimizer has Keras's gradient_accumulation_steps="
+            f"{reducer.gradient_accumulation_steps}; use Accumulate's steps instead "
+            "(Keras's accumulation fails under MirroredStrategy)."
+        )
+    return reducer
+
+
 @keras.saving.register_keras_serializable(package="bstf")
 class Accumulate(keras.optimizers.Optimizer):
     """Accumulates ``steps`` micro-batch gradients, then applies their mean.
@@ -134,8 +162,8 @@ class Accumulate(keras.optimizers.Optimizer):
         decay and EMA act once per update, on the global mean gradient. It
         belongs to this wrapper from now on (do not also use it alone). For
         ``mixed_float16``, a ``keras.optimizers.LossScaleOptimizer`` around
-        it: one overflow check and one loss-scale change per update (see the
-        module docstring; compile with ``auto_scale_loss=False``).
+        it: one overflow check and one loss-scale change per update, and the
+        result is a :class:`LossScaledAccumulate` (see the module docstring).
       steps: ``k``, micro-batches per update: an integer >= 1, or an
         integer-valued :class:`bstf.schedules.Schedule` (e.g.
         ``PiecewiseConstant`` with integer values) bound to a
@@ -176,30 +204,7 @@ class Accumulate(keras.optimizers.Optimizer):
     def __init__(self, optimizer, steps, clock=None, statistics=False, name="accumulate"):
         if isinstance(optimizer, dict):
             optimizer = keras.optimizers.deserialize(optimizer)
-        if not isinstance(optimizer, keras.optimizers.Optimizer):
-            raise TypeError(
-                f"optimizer must be a keras.optimizers.Optimizer, got {type(optimizer).__name__}: {optimizer!r}."
-            )
-        if isinstance(optimizer, Accumulate):
-            raise TypeError("optimizer must not be an Accumulate; wrap the inner optimizer once.")
-        # The optimizer that reduces gradients across replicas: the LossScaleOptimizer's inner one.
-        reducer = optimizer.inner_optimizer if isinstance(optimizer, _LossScaleOptimizer) else optimizer
-        if isinstance(reducer, (Accumulate, _LossScaleOptimizer)):
-            raise TypeError(
-                "a LossScaleOptimizer given to Accumulate must wrap a plain optimizer (SGD, Adam, ...), "
-                f"got a LossScaleOptimizer around {type(reducer).__name__}."
-            )
-        if not callable(getattr(reducer, "_all_reduce_sum_gradients", None)):
-            raise TypeError(
-                f"optimizer {type(reducer).__name__} is not a TensorFlow-backend Keras optimizer "
-                "(it lacks _all_reduce_sum_gradients); bstf needs the TensorFlow backend."
-            )
-        if reducer.gradient_accumulation_steps:
-            raise ValueError(
-                "optimizer has Keras's gradient_accumulation_steps="
-                f"{reducer.gradient_accumulation_steps}; use Accumulate's steps instead "
-                "(Keras's accumulation fails under MirroredStrategy)."
-            )
+        reducer = _check_optimizer(optimizer)
         if isinstance(steps, dict):
             steps = keras.saving.deserialize_keras_object(steps)
         if isinstance(steps, Schedule):
