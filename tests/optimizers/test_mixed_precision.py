@@ -107,6 +107,13 @@ def test_the_other_order_is_refused():
         Accumulate(LSO(keras.optimizers.SGD(0.1, gradient_accumulation_steps=2)), 4)
 
 
+def test_float16_accumulation_without_a_loss_scale_warns():
+    acc = Accumulate(keras.optimizers.SGD(0.1), 4)
+    model = _classifier(keras.optimizers.SGD(0.1))
+    with policy("mixed_float16"), pytest.warns(UserWarning, match="without loss scaling: small float16 gradients"):
+        acc.build(model.trainable_variables)
+
+
 # ------------------------------------------------------------------------------------------- equivalence
 @pytest.mark.parametrize("inner", INNER)
 def test_float16_k_micro_batches_equal_one_big_batch(inner):
