@@ -27,7 +27,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from bstf import schedules
-from bstf.analysis.goodput import ControlledLearningRate, GoodputBatch
+from bstf.analysis.goodput import AdaScaleProgress, ControlledLearningRate, GoodputBatch
 from bstf.analysis.noise_scale import estimate_grad_norm_sq, estimate_trace_sigma
 from bstf.fitting.steps import is_multi_worker
 
@@ -143,21 +143,20 @@ class Control:
             self.controller.update(b_simple, updates)
         return self._follow()
 
-    def scalars(self, updates):
-        """The latest decision's scalars (GoodputBatch, if it just decided) and AdaScale's progress."""
-        out = {}
-        decision = getattr(self.controller, "decision", None)
-        if decision is not None:
-            out.update(decision.scalars())
-        out["adascale_progress"] = self.progress_at(updates)
-        return out
+    def decision(self):
+        """``{field: float}`` of the decision the last :meth:`decide` made (GoodputBatch), else None."""
+        if not self.goodput or self.controller.decision is None:
+            return None
+        return self.controller.decision.scalars()
 
     def progress_at(self, updates):
         """AdaScale's progress (base-batch examples) after ``updates`` updates."""
         c = self.controller
         if self.goodput:
             return c.progress_at(updates)
-        return c.progress + c.gain * c.base_batch * (updates - (c.last_updates or 0))
+        progress = AdaScaleProgress(c.base_batch)  # AdaptiveBatch: its progress so far, at its current gain
+        progress.set_state([c.last_updates or 0, c.progress])
+        return progress.at(updates, c.gain)
 
     def state(self):
         return self.controller.get_state()

@@ -75,20 +75,22 @@ def test_adaptive_batch_follows_the_smoothed_noise_scale_and_scalars():
     assert ctl.decide(None, 200.0, 1) is True and ctl.current == (192, 32, 6) and int(ctl.steps()) == 6
     assert ctl.decide(None, float("inf"), 2) is False  # not finite: ignored
     assert float(ctl.learning_rate()) == pytest.approx(0.1 * adascale_gain(1.0, 200.0, 192, 32), rel=1e-6)
-    scalars = ctl.scalars(5)
-    assert scalars == {"adascale_progress": pytest.approx(c.progress + c.gain * 32 * 4)}
+    assert ctl.decision() is None
+    assert ctl.progress_at(5) == pytest.approx(c.progress + c.gain * 32 * (5 - 1))  # since its last measurement (update 1)
 
 
-def test_goodput_scalars_after_a_decision():
+def test_goodput_decision_scalars():
     c = _goodput()
     ctl, _ = _control(c, window=1)
     ctl.start()
     ctl.timed(0.02), ctl.timed(0.02)
     for u in range(1, 5):
         ctl.decide(_norms(100.0), None, u)
-    scalars = ctl.scalars(6)
+    scalars = ctl.decision()
     assert scalars["batch"] == c.batch and scalars["goodput"] == pytest.approx(c.decision.goodput)
-    assert scalars["adascale_progress"] == pytest.approx(c.progress_at(6))
+    assert ctl.progress_at(6) == pytest.approx(c.progress_at(6))
+    ctl.decide(_norms(100.0), None, 5)
+    assert ctl.decision() is None  # not due
 
 
 def test_restart_from_state_holds_its_realisation():
