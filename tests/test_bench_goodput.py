@@ -17,9 +17,12 @@ E = goodput.Evaluation
 
 
 def _result(arm, seed, seconds, final, examples=1000, updates=10, batches=None):
+    """A run that first reached 0.9 (and 0.5 at a tenth of the cost) after ``seconds`` (None: never 0.9)."""
     batches = batches or arm.split()[-1]
-    crossing = None if seconds is None else E(seconds, examples, updates, 0.9)
-    return goodput.Result("t", arm, seed, crossing, final, 99.0, batches)
+    evaluations = [E(0.1, examples // 10, max(1, updates // 10), 0.5)]
+    if seconds is not None:
+        evaluations.append(E(seconds, examples, updates, 0.9))
+    return goodput.Result("t", arm, seed, tuple(evaluations), final, 99.0, batches)
 
 
 def test_first_crossing_is_the_first_evaluation_at_or_above_the_target():
@@ -38,7 +41,7 @@ def test_summary_table_and_headline_on_known_numbers():
         _result("fixed 1024", 0, 2.0, 0.70), _result("fixed 1024", 1, None, 0.60),  # fast, but one seed misses
         _result("goodput", 1, 5.0, 0.80, batches="64→512"), _result("goodput", 0, 6.0, 0.78, batches="64→256"),
     ]
-    rows = {r.arm: r for r in goodput.summarise(results)}
+    rows = {r.arm: r for r in goodput.summarise(results, 0.9)}
     assert list(rows) == ["fixed 64", "fixed 256", "fixed 1024", "goodput"]
     g = rows["goodput"]
     assert (g.runs, g.reached, g.batches) == (2, 2, "64→256")  # batches of seed 0
@@ -58,10 +61,13 @@ def test_summary_table_and_headline_on_known_numbers():
     assert line.startswith("goodput / fixed 256 (best fixed): 0.79× wall clock to target (2/2 seeds reached)")
     assert "final accuracy +0.00 pp, within the seeds' spread" in line and line.endswith("Aim ≤ 0.80× at equal accuracy: met.")
 
+    early = {r.arm: r for r in goodput.summarise(results, 0.5)}  # every run reached 0.5 at a tenth
+    assert early["fixed 1024"].reached == 2 and early["goodput"].seconds == (0.1, 0.0)
+    assert goodput.best_fixed(list(early.values())).arm == "fixed 64"  # ties: the first
     slow = [r for r in results if r.arm != "goodput"] + [_result("goodput", 0, 7.0, 0.79)]
-    assert "1.00× wall clock" in goodput.headline(goodput.summarise(slow)) and "not met" in goodput.headline(
-        goodput.summarise(slow))
-    assert goodput.headline(goodput.summarise(results[:4] + results[6:7]), arm="plan") == (
+    assert "1.00× wall clock" in goodput.headline(goodput.summarise(slow, 0.9)) and "not met" in goodput.headline(
+        goodput.summarise(slow, 0.9))
+    assert goodput.headline(goodput.summarise(results[:4] + results[6:7], 0.9), arm="plan") == (
         "plan vs best fixed: no ratio (no plan arm ran).")
 
 
@@ -99,11 +105,13 @@ def test_every_arm_configures_for_both_tasks_and_quick():
 
 def test_a_tiny_fixed_run_is_timed_and_evaluated():
     task = goodput.dataclasses.replace(goodput.quick(goodput.TASKS["mlp"]), num_samples=200, epochs=1,
-                                       target=0.0, eval_every=0.5)
+                                       targets=(0.0,), eval_every=0.5)
     data = goodput.load(task)
     result = goodput.run(task, goodput.Arm("fixed", 32), 0, data)
     assert result.arm == "fixed 32" and result.batches == "32"
-    assert result.crossing == goodput.first_crossing([result.crossing], 0.0)  # target 0: the first evaluation
-    assert result.crossing.examples == 96 and result.crossing.updates == 3  # first clock reading >= 80
-    assert 0 < result.crossing.seconds <= result.seconds
+    first = result.crossing(0.0)  # target 0: the first evaluation
+    assert first == result.evaluations[0] and len(result.evaluations) == 2  # at 0.5 and 1 epoch
+    assert first.examples == 96 and first.updates == 3  # the first clock reading >= 80 examples
+    assert [e.examples for e in result.evaluations] == [96, 160]
+    assert 0 < first.seconds < result.evaluations[1].seconds <= result.seconds
     assert 0.0 <= result.final_accuracy <= 1.0
