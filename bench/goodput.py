@@ -69,10 +69,10 @@ class Task:
     momentum: float = 0.9
     plan: tuple = (128, (3.0, 6.0, 9.0), 2.0)  # increase_batch: start batch, milestones, factor
     min_batch: int = 64
-    max_batch: int = 2048
+    max_batch: int = 1024  # controllers and plan: the largest global batch
     max_physical_batch: int = 1024  # goodput: largest physical batch; plan: accumulate beyond it
     adaptive_physical_batch: int = 32  # AdaptiveBatch's micro-batch (its min_batch is twice that)
-    every_n_updates: int = 50  # controllers: updates between decisions
+    every_n_updates: int = 20  # controllers: updates between decisions
     eval_every: float = 0.25  # epochs between two test evaluations
 
 
@@ -203,7 +203,7 @@ class TargetWatch(keras.callbacks.Callback):
 
     def set_model(self, model):
         super().set_model(model)
-        self._predict = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1))
+        self._predict = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1), autograph=False)
 
     def on_train_batch_end(self, batch, logs=None):
         self.updates += 1
