@@ -72,7 +72,8 @@ class Task:
     max_batch: int = 1024  # controllers and plan: the largest global batch
     max_physical_batch: int = 1024  # goodput: largest physical batch; plan: accumulate beyond it
     adaptive_physical_batch: int = 32  # AdaptiveBatch's micro-batch (its min_batch is twice that)
-    every_n_updates: int = 20  # controllers: updates between decisions
+    every_n_updates: int = 40  # controllers: updates between decisions
+    timing_window: int = 5  # goodput: updates per timing (bstf.fit's log_every_n_updates)
     eval_every: float = 0.25  # epochs between two test evaluations
 
 
@@ -136,7 +137,8 @@ def configure(task, arm, train_size):
         throughput = analysis.ThroughputModel(task.max_physical_batch, physical_batches=physical)
         controller = analysis.GoodputBatch(task.min_batch, task.max_batch, task.every_n_updates, "adascale",
                                            throughput=throughput, granularity=32, **common)
-        return plan, {"adaptive": controller, "max_physical_batch": task.max_physical_batch}
+        return plan, {"adaptive": controller, "max_physical_batch": task.max_physical_batch,
+                      "log_every_n_updates": task.timing_window}
     raise ValueError(f"arm kind must be one of {ARMS}, got {arm.kind!r}.")
 
 
