@@ -17,6 +17,12 @@ the update starts:
 Noise-scale measurement (``noise_scale_every_n_updates``), stepped by the examples seen after the update:
 :data:`MEASURED_B_SIMPLE`, :data:`MEASURED_GRAD_NORM_SQ`, :data:`MEASURED_TRACE_SIGMA`.
 
+Batch controller (``adaptive=``): :data:`ADASCALE_PROGRESS` every ``log_every_n_updates`` updates, stepped by
+the examples seen when the update starts; a :class:`bstf.analysis.GoodputBatch`'s decisions, stepped by the
+examples seen at the decision: :func:`decision` of every field of :class:`bstf.analysis.GoodputDecision` —
+among them :data:`DECISION_BATCH` (the chosen B), :data:`DECISION_THROUGHPUT` (predicted),
+:data:`DECISION_EFFICIENCY` and :data:`DECISION_GOODPUT`.
+
 Per-epoch metric tags (runs ``train`` and ``validation``; Keras's ``epoch_`` naming):
 :func:`epoch_metric` (step: the epoch, 1-based) and :func:`examples_metric` (step: examples seen — the
 axis on which runs with different batch schedules compare). At the end of the run, in ``train``:
@@ -57,6 +63,24 @@ MEASURED_GRAD_NORM_SQ = "measured_grad_norm_sq"
 """The estimate of |G|², the squared norm of the true gradient."""
 MEASURED_TRACE_SIGMA = "measured_trace_sigma"
 """The estimate of tr Σ, the per-example gradient variance."""
+
+ADASCALE_PROGRESS = "adascale_progress"
+"""AdaScale's scale-invariant progress Σ r·B₀ in base-batch examples (Johnson et al. 2020), beside examples seen."""
+
+
+def decision(field):
+    """Tag of field ``field`` of a :class:`bstf.analysis.GoodputDecision`: ``decision_<field>``."""
+    return f"decision_{field}"
+
+
+DECISION_BATCH = decision("batch")
+"""The global batch B the goodput controller chose."""
+DECISION_THROUGHPUT = decision("throughput")
+"""Its predicted throughput (examples per second) from the run's own timings."""
+DECISION_EFFICIENCY = decision("efficiency")
+"""Its statistical efficiency E(B) = (B_simple + B₀)/(B_simple + B) relative to the base batch."""
+DECISION_GOODPUT = decision("goodput")
+"""throughput × efficiency: base-batch examples' worth of progress per second."""
 
 PLAN = "plan"
 """The plan's PNG (learning rate, batch, momentum, SGD noise against epochs), at step 0."""

@@ -40,6 +40,7 @@ report); this module holds ``fit`` and the loop.
 
 import contextlib
 import math
+import time
 import warnings
 
 import keras
@@ -107,15 +108,25 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
         clock either way.
       noise_scale_ema: EMA decay of the measurements' numerator and
         denominator (None: plain mean).
-      adaptive: a :class:`bstf.analysis.AdaptiveBatch` controller: the batch
-        follows the measured noise scale (B ≈ c·B_simple, the AdaptDL/Pollux
-        idea) with the LR coupled by the controller's rule. The plan must have
-        no milestones (it supplies ``train_size`` and the momentum);
-        ``max_physical_batch`` is the micro-batch the noise scale is measured
-        with and must leave at least 2 micro-batches (or replicas) at
-        ``min_batch``; measurements every ``noise_scale_every_n_updates``
-        (default ``adaptive.every_n_updates // 10``). The controller's state is
-        checkpointed with the run.
+      adaptive: a batch controller; the plan must then have no milestones
+        (it supplies ``train_size`` and the momentum), the controller sets
+        the batch and the LR (held in variables the traced step reads, see
+        :mod:`bstf.fitting.control`), measurements every
+        ``noise_scale_every_n_updates`` (default ``adaptive.every_n_updates
+        // 10``) feed it, and its state is checkpointed with the run.
+        A :class:`bstf.analysis.AdaptiveBatch` sets B ≈ c·B_simple (the
+        AdaptDL idea) with its LR rule; ``max_physical_batch`` is its
+        micro-batch and must leave at least 2 micro-batches (or replicas) at
+        ``min_batch``. A :class:`bstf.analysis.GoodputBatch` picks the batch
+        and its realisation physical batch × accumulation that maximise
+        throughput × statistical efficiency (Pollux), with AdaScale's LR;
+        ``max_physical_batch`` must be its throughput model's, whose replicas
+        must be the strategy's. The loop times every update (callbacks
+        excluded) and feeds the controller the sum of every
+        ``log_every_n_updates`` updates of one realisation, averaged over
+        workers, so every worker decides the same; each decision is logged
+        (:func:`bstf.tags.decision`), and AdaScale's progress every
+        ``log_every_n_updates`` updates (:data:`bstf.tags.ADASCALE_PROGRESS`).
       on_nonfinite: "raise" (default): a NaN or infinite training loss stops
         the run with :class:`NonFiniteLossError` naming the update, the epoch
         and the last good checkpoint; nothing is saved after it. "skip": an
@@ -223,11 +234,16 @@ class _Run:
     def _update(self, iterator, phase):
         ledger, trainer = self.ledger, self.trainer
         self.callbacks.on_train_batch_begin(ledger.updates)
+        started = time.perf_counter()
         used = trainer.values() if self.board.due(ledger.updates + 1) else None  # before the update runs
         logs = trainer.update(iterator, phase)
         if used is not None:
             self.board.update(phase, used, ledger, logs, self._count_skipped())
+            if trainer.control is not None:
+                self.board.adascale(trainer.control.progress_at(ledger.updates), ledger.examples)
         ledger.count(phase)
+        if trainer.control is not None:  # the update's seconds (callbacks excluded) for the throughput model
+            trainer.control.timed(time.perf_counter() - started)
         self.callbacks.on_train_batch_end(ledger.updates - 1, logs)
         if self.progress.due():
             self.progress.update(ledger.epoch_examples()[0], logs, scalar(trainer.optimizer.learning_rate))
@@ -240,7 +256,10 @@ class _Run:
         estimate = self.noise.measure(phase, self.ledger.updates)
         if estimate is not None:
             self.board.measured(estimate, self.ledger.examples)
-        return self.noise.decide(phase, estimate, self.ledger.updates)
+        changed = self.noise.decide(estimate, self.ledger.updates)
+        if estimate is not None and self.trainer.control is not None:
+            self.board.decision(self.trainer.control.decision(), self.ledger.examples)
+        return changed
 
     def _begin_epoch(self, fresh=True):
         ledger = self.ledger

@@ -158,6 +158,15 @@ class Board:
                                   tags.MEASURED_GRAD_NORM_SQ: estimate.grad_norm_sq,
                                   tags.MEASURED_TRACE_SIGMA: estimate.trace_sigma}, examples)
 
+    def adascale(self, progress, examples):
+        """A batch controller's AdaScale progress at the update that starts at ``examples``."""
+        self.scalars(tags.TRAIN, {tags.ADASCALE_PROGRESS: progress}, examples)
+
+    def decision(self, scalars, examples):
+        """A goodput decision's fields (``None``: no decision), made after the update that ended at ``examples``."""
+        if scalars is not None:
+            self.scalars(tags.TRAIN, {tags.decision(k): v for k, v in scalars.items()}, examples)
+
     def epoch(self, metrics, epoch, examples):
         """Epoch ``epoch`` (1-based) ended at ``examples``: its train and ``val_`` metrics."""
         for k, v in metrics.items():

@@ -20,6 +20,7 @@ from bstf import distribute
 from bstf._checks import check_int
 from bstf.analysis.noise_scale import NoiseScaleAverager
 from bstf.fitting import checks
+from bstf.fitting.control import realisation
 from bstf.plan import NoiseScalePlan, Phase, sgd_noise
 from bstf.schedules import _check_number
 
@@ -51,7 +52,7 @@ class RunSpec:
     shuffle_buffer: int
     noise_scale_every_n_updates: int
     noise_scale_ema: float
-    adaptive: object  # bstf.analysis.AdaptiveBatch or None
+    adaptive: object  # bstf.analysis.AdaptiveBatch, bstf.analysis.GoodputBatch or None
     momentum_follows: bool  # the optimizer's momentum follows the plan's schedule
     on_nonfinite: str
 
@@ -86,12 +87,12 @@ class RunSpec:
 
 
 def adaptive_phase(plan, epochs, adaptive, max_physical_batch, examples):
-    """The phase an adaptive controller runs from ``examples`` on (to the run's end, unless it changes):
-    its batch in micro-batches of ``max_physical_batch``, its coupled LR, the plan's momentum."""
-    batch, lr, m, n = adaptive.batch, adaptive.learning_rate, plan.momentum_value, plan.train_size
+    """The phase a batch controller runs from ``examples`` on (to the run's end, unless it changes): its
+    batch as it realises it (:func:`bstf.fitting.control.realisation`), its LR, the plan's momentum."""
+    batch, physical, k = realisation(adaptive, max_physical_batch)
+    lr, m, n = adaptive.learning_rate, plan.momentum_value, plan.train_size
     return Phase(examples / n, epochs, lr, batch, m, sgd_noise(lr, n, batch, m),
-                 math.ceil((epochs * n - examples) / batch), len(adaptive.changes), examples,
-                 max_physical_batch, batch // max_physical_batch)
+                 math.ceil((epochs * n - examples) / batch), len(adaptive.changes), examples, physical, k)
 
 
 def physical_batch(batch, max_physical_batch=None, replicas=1):
@@ -152,7 +153,8 @@ def make_spec(model, train_data, plan, epochs, **kw):
     else:
         checks.check_plan(plan, epochs)
         phases = tuple(segments(plan, epochs, mpb, replicas))
-    val_batch = _check_validation_batch(kw["validation_batch_size"], phases, replicas)
+    largest = mpb if adaptive is not None else max(p.physical_batch for p in phases)  # the largest physical batch
+    val_batch = _check_validation_batch(kw["validation_batch_size"], largest, replicas)
     dataset, val_dataset = _check_data(model, plan, train_data, kw["validation_data"])
     if distribute.is_chief(strategy):
         checks.check_writable(options["logdir"], "logdir")
@@ -177,8 +179,8 @@ def _check_data(model, plan, train_data, validation_data):
     return dataset, val_dataset
 
 
-def _check_validation_batch(validation_batch_size, phases, replicas):
-    batch = check_int("validation_batch_size", validation_batch_size or max(p.physical_batch for p in phases))
+def _check_validation_batch(validation_batch_size, default, replicas):
+    batch = check_int("validation_batch_size", validation_batch_size or default)
     if batch % replicas:
         raise ValueError(f"validation_batch_size={batch} is a global batch and must divide by the {replicas} "
                          f"replicas; use a multiple of {replicas}.")
@@ -264,13 +266,22 @@ def _resolve_strategy(strategy, model):
 
 def _check_adaptive(adaptive, plan, max_physical_batch, replicas):
     from bstf.analysis.adaptive import AdaptiveBatch
+    from bstf.analysis.goodput import GoodputBatch
 
-    if not isinstance(adaptive, AdaptiveBatch):
-        raise TypeError(f"adaptive must be a bstf.analysis.AdaptiveBatch, got {type(adaptive).__name__}.")
+    if not isinstance(adaptive, (AdaptiveBatch, GoodputBatch)):
+        raise TypeError(f"adaptive must be a bstf.analysis.AdaptiveBatch or GoodputBatch, got "
+                        f"{type(adaptive).__name__}.")
     if plan.milestones:
         raise ValueError(
             f"with adaptive=..., the controller sets the batch and the LR; the plan must have no milestones "
             f"(got {list(plan.milestones)}): it supplies train_size and the momentum.")
+    if adaptive.max_batch > plan.train_size:
+        raise ValueError(
+            f"adaptive.max_batch ({adaptive.max_batch}) is larger than the training set ({plan.train_size} "
+            f"examples): one update would span several epochs. Use max_batch <= {plan.train_size}.")
+    if isinstance(adaptive, GoodputBatch):
+        _check_goodput(adaptive, max_physical_batch, replicas)
+        return
     if max_physical_batch is None:
         raise ValueError(
             "adaptive needs max_physical_batch: the micro-batch the noise scale is measured with; at most "
@@ -281,12 +292,22 @@ def _check_adaptive(adaptive, plan, max_physical_batch, replicas):
             f"({max_physical_batch}) so that every batch is a whole number of micro-batches.")
     if max_physical_batch % replicas:
         raise ValueError(f"max_physical_batch ({max_physical_batch}) must divide by the {replicas} replicas.")
-    if adaptive.max_batch > plan.train_size:
-        raise ValueError(
-            f"adaptive.max_batch ({adaptive.max_batch}) is larger than the training set ({plan.train_size} "
-            f"examples): one update would span several epochs. Use max_batch <= {plan.train_size}.")
     if (adaptive.min_batch // max_physical_batch) * replicas < 2:
         raise ValueError(
             f"at adaptive.min_batch={adaptive.min_batch} one micro-batch of {max_physical_batch} on "
             f"{replicas} replica(s) leaves no small batch to measure the noise scale with; use "
             f"max_physical_batch <= {adaptive.min_batch // 2}.")
+
+
+def _check_goodput(adaptive, max_physical_batch, replicas):
+    """A GoodputBatch chooses physical batches up to its throughput model's limit, for its replica count."""
+    throughput = adaptive.throughput
+    if max_physical_batch != throughput.max_physical_batch:
+        raise ValueError(
+            f"with a GoodputBatch, max_physical_batch ({max_physical_batch}) must be its throughput model's "
+            f"max_physical_batch ({throughput.max_physical_batch}): pass max_physical_batch="
+            f"{throughput.max_physical_batch}, or build the ThroughputModel with the limit you mean.")
+    if throughput.replicas != replicas:
+        raise ValueError(
+            f"the GoodputBatch's throughput model is for {throughput.replicas} replica(s) but the strategy has "
+            f"{replicas}; build it with ThroughputModel(..., replicas={replicas}).")

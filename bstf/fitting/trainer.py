@@ -2,8 +2,8 @@
 
 :class:`Trainer` owns what one update needs — the run's :class:`bstf.Clock`, the plan's learning-rate
 (and momentum) schedules put on the compiled optimizer, a :class:`bstf.optimizers.Accumulate` when a
-phase accumulates (or the noise scale is measured, or updates are skipped), the adaptive controller's
-held values, the non-finite :class:`~bstf.fitting.guard.Guard` and the traced micro-step — and puts the
+phase accumulates (or the noise scale is measured, or updates are skipped), the batch controller's
+:class:`~bstf.fitting.control.Control` (its LR and ``k`` held in variables), the non-finite :class:`~bstf.fitting.guard.Guard` and the traced micro-step — and puts the
 model back as it was when the run ends (``with Trainer(spec) as trainer:``).
 
 A later ``bstf.fit`` of the same model, optimizer and plan reuses the clock and the traced step (as
@@ -20,25 +20,13 @@ import tensorflow as tf
 from bstf import schedules
 from bstf.analysis.noise_scale import NoiseScaleAverager, estimate_grad_norm_sq, estimate_trace_sigma
 from bstf.clock import Clock
+from bstf.fitting.control import Control
 from bstf.fitting.guard import Guard
 from bstf.fitting.spec import physical_batch
 from bstf.fitting.steps import is_multi_worker, scalar, strategy_step
 from bstf.optimizers.accumulate import Accumulate
 
 _CACHE = weakref.WeakKeyDictionary()  # model -> the clock, Accumulate, guard and traced step of its last bstf.fit
-
-
-class Held(schedules.Schedule):
-    """A value held in a variable (set by the training loop), read in-graph like a schedule."""
-
-    def __init__(self, variable):
-        self.variable = variable
-
-    def value(self, epoch):
-        return self.variable.read_value()
-
-    def get_config(self):
-        return {"value": self.variable.numpy().item()}
 
 
 class Trainer:
@@ -51,7 +39,7 @@ class Trainer:
         if (self._key is not None and cached is not None and cached["key"] == self._key
                 and cached["optimizer"] is self.optimizer and cached["strategy"] is spec.strategy):
             self.clock, self.accumulate, self.guard = cached["clock"], cached["accumulate"], cached["guard"]
-            self._step, self.held = cached["step"], None
+            self._step, self.control = cached["step"], None
             self.clock.reset(0)
         else:
             self._build_parts()
@@ -64,13 +52,12 @@ class Trainer:
             self.clock = Clock(spec.train_size)
             loss_tracker = next((m for m in self.model.metrics if m.name == "loss"), None)
             self.guard = Guard(spec.on_nonfinite, self.clock, loss_tracker)
-            self.held, steps = None, _accumulation_steps(spec)
-            if spec.adaptive is not None:  # batch and LR change at run time: held in variables the trace reads
-                self.held = (Held(tf.Variable(spec.adaptive.learning_rate, dtype=tf.float32, trainable=False)),
-                             Held(tf.Variable(spec.phases[0].accumulation, dtype=tf.int64, trainable=False)))
-                for h in self.held:
-                    h.bind(self.clock)
-                steps = self.held[1]
+        self.control, steps = None, _accumulation_steps(spec)
+        if spec.adaptive is not None:  # batch, k and LR change at run time: held in variables the trace reads
+            self.control = Control(spec.adaptive, strategy, self.clock, spec.max_physical_batch,
+                                   window=spec.log_every_n_updates)
+            steps = self.control.steps
+        with strategy.scope():
             measure = spec.noise_scale_every_n_updates is not None
             self.accumulate = None if steps is None else Accumulate(self.optimizer, steps, clock=self.clock,
                                                                     statistics=measure)
@@ -95,7 +82,7 @@ class Trainer:
         self._saved = (opt._learning_rate, getattr(opt, "momentum", None), self.model.train_function)
         # The plan's LR schedule replaces the LR variable for the run (the variable stays tracked, so the
         # optimizer's variable list — and saved files — keep their layout; it gets the final LR at the end).
-        opt._learning_rate = spec.plan.learning_rate if self.held is None else self.held[0]
+        opt._learning_rate = spec.plan.learning_rate if self.control is None else self.control.learning_rate
         if spec.momentum_follows:
             opt.momentum = spec.plan.momentum
         if self.accumulate is not None:
@@ -160,11 +147,6 @@ class Trainer:
         return {"learning_rate": scalar(self.optimizer.learning_rate),
                 "momentum": scalar(momentum() if callable(momentum) else momentum)}
 
-    def hold(self, batch, learning_rate):
-        """Adaptive runs: the batch and LR the next updates use."""
-        self.held[0].variable.assign(learning_rate)
-        self.held[1].variable.assign(batch // self.spec.max_physical_batch)
-
     def gradient_norms(self):
         """(|g_b|², |G_B|²) of the last update (``noise_scale_every_n_updates``): see Accumulate."""
         return scalar(self.accumulate.micro_batch_sq_norm), scalar(self.accumulate.update_sq_norm)
@@ -193,19 +175,18 @@ def _cache_key(spec):
 
 
 class NoiseMeter:
-    """B_simple from the update's own gradients every ``noise_scale_every_n_updates`` updates; the adaptive
-    controller's decisions from it."""
+    """B_simple from the update's own gradients every ``noise_scale_every_n_updates`` updates; the batch
+    controller's decisions from it (:class:`bstf.fitting.control.Control`)."""
 
     def __init__(self, spec, trainer, state=None):
         self.spec, self.trainer, state = spec, trainer, state or {}
         self.every = spec.noise_scale_every_n_updates
         self.averager = None if self.every is None else NoiseScaleAverager(spec.noise_scale_ema)
-        self.adaptive = spec.adaptive
+        self.control, self.norms = trainer.control, None
         if self.averager is not None and "averager" in state:
             self.averager.set_state(state["averager"])
-        if self.adaptive is not None and "adaptive" in state:
-            self.adaptive.set_state(state["adaptive"])
-            trainer.hold(self.adaptive.batch, self.adaptive.learning_rate)
+        if self.control is not None:
+            self.control.start(state.get("adaptive"))
 
     def measure(self, phase, updates):
         """After update ``updates``: the estimate, or None (not due, no small batch, a skipped update)."""
@@ -215,18 +196,16 @@ class NoiseMeter:
         if not (math.isfinite(g_small) and math.isfinite(g_big)):
             return None
         b_small, b_big = phase.physical_batch // self.spec.replicas, phase.batch_size
+        self.norms = (g_small, g_big, b_small, b_big)
         return self.averager.update(estimate_grad_norm_sq(g_small, g_big, b_small, b_big),
                                     estimate_trace_sigma(g_small, g_big, b_small, b_big))
 
-    def decide(self, phase, estimate, updates):
-        """Adaptive runs: True if the controller changed the batch (the next updates run another phase)."""
-        if self.adaptive is None or estimate is None or not math.isfinite(estimate.b_simple):
+    def decide(self, estimate, updates):
+        """Adaptive runs: True if the controller changed the batch or its realisation (the next updates run
+        another phase)."""
+        if self.control is None or estimate is None:
             return False
-        batch, lr = self.adaptive.update(estimate.b_simple, updates)
-        if batch == phase.batch_size:
-            return False
-        self.trainer.hold(batch, lr)
-        return True
+        return self.control.decide(self.norms, estimate.b_simple, updates)
 
     @property
     def b_simple(self):
@@ -237,6 +216,6 @@ class NoiseMeter:
         out = {}
         if self.averager is not None:
             out["averager"] = self.averager.get_state()
-        if self.adaptive is not None:
-            out["adaptive"] = self.adaptive.get_state()
+        if self.control is not None:
+            out["adaptive"] = self.control.state()
         return out
