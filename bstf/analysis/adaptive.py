@@ -21,12 +21,11 @@ import numbers
 import keras
 
 from bstf.analysis import _common
-from bstf.analysis.goodput import LR_RULES, AdaScaleProgress, adascale_gain
-from bstf.schedules import scaled_learning_rate
+from bstf.analysis.goodput import LR_RULES, AdaScaleProgress, LearningRateCoupling, adascale_gain
 
 
 @keras.saving.register_keras_serializable(package="bstf")
-class AdaptiveBatch:
+class AdaptiveBatch(LearningRateCoupling):
     """Batch-size controller: ``batch ≈ multiplier · B_simple`` with the LR coupled.
 
     Args:
@@ -104,23 +103,6 @@ class AdaptiveBatch:
         if self.b_simple is None:
             return 1.0
         return adascale_gain(1.0, self.b_simple, self.batch, self.base_batch)
-
-    @property
-    def learning_rate(self):
-        """The LR coupled to the current batch."""
-        if self.lr_rule == "adascale":
-            return self.base_lr * self.gain
-        return scaled_learning_rate(self.base_lr, self.base_batch, self.batch, self.lr_rule)
-
-    @property
-    def lr_factor(self):
-        """``learning_rate / base_lr`` (what a :class:`bstf.analysis.ControlledLearningRate` holds)."""
-        return self.learning_rate / self.base_lr
-
-    @property
-    def progress(self):
-        """AdaScale's progress in base-batch examples up to the last :meth:`update`."""
-        return self._progress.examples
 
     def propose(self, b_simple):
         """``multiplier · b_simple`` rounded to the nearest multiple of ``granularity``, clamped."""

@@ -481,8 +481,34 @@ class GoodputDecision:
         return {f.name: float(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
+class LearningRateCoupling:
+    """The learning rate of a batch controller (:class:`GoodputBatch`, :class:`bstf.analysis.AdaptiveBatch`).
+
+    ``base_lr`` coupled to the current ``batch`` by ``lr_rule`` (linear, sqrt, none), or AdaScale's
+    ``base_lr · gain``. The controller supplies ``base_lr``, ``base_batch``, ``batch``, ``lr_rule``,
+    ``gain`` and its :class:`AdaScaleProgress` as ``_progress``.
+    """
+
+    @property
+    def learning_rate(self):
+        """The LR coupled to the current batch."""
+        if self.lr_rule == "adascale":
+            return self.base_lr * self.gain
+        return scaled_learning_rate(self.base_lr, self.base_batch, self.batch, self.lr_rule)
+
+    @property
+    def lr_factor(self):
+        """``learning_rate / base_lr`` (what a :class:`ControlledLearningRate` holds)."""
+        return self.learning_rate / self.base_lr
+
+    @property
+    def progress(self):
+        """AdaScale's progress in base-batch examples up to the last ``update``."""
+        return self._progress.examples
+
+
 @keras.saving.register_keras_serializable(package="bstf")
-class GoodputBatch:
+class GoodputBatch(LearningRateCoupling):
     """Batch-size controller maximising goodput = throughput(B) × efficiency(B) (Pollux).
 
     Args:
@@ -584,22 +610,6 @@ class GoodputBatch:
     def gain(self):
         """AdaScale's gain ``r`` at the current batch and statistics (1 before any measurement)."""
         return float(_gain(self.statistics.b_simple, self.batch, self.base_batch))
-
-    @property
-    def learning_rate(self):
-        if self.lr_rule == "adascale":
-            return self.base_lr * self.gain
-        return scaled_learning_rate(self.base_lr, self.base_batch, self.batch, self.lr_rule)
-
-    @property
-    def lr_factor(self):
-        """``learning_rate / base_lr`` (what a :class:`ControlledLearningRate` holds)."""
-        return self.learning_rate / self.base_lr
-
-    @property
-    def progress(self):
-        """AdaScale's progress in base-batch examples up to the last :meth:`update`."""
-        return self._progress.examples
 
     def progress_at(self, updates):
         """The progress after ``updates`` updates (the current gain since the last :meth:`update`)."""
