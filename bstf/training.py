@@ -298,7 +298,8 @@ class _Run:
         if self.state is None:
             return
         self._count_skipped()
-        self.state.save(self.ledger.updates, {**self.spec.identity(), "seed": self.seed, **self.ledger.record(),
+        self.state.save(self.ledger.updates, {**self.spec.identity(), "seed": self.seed,
+                                              "tf_global_seed": _tf_global_seed(), **self.ledger.record(),
                                               "state": self.noise.state()})
 
     def _count_skipped(self):
@@ -340,7 +341,18 @@ def _seed(spec, record):
         raise ValueError(
             f"checkpoint_dir {spec.checkpoint_dir!r} holds a run with seed {record['seed']}, now seed={spec.seed}; "
             "refusing to mix them. Use another checkpoint_dir or the same seed.")
+    if record.get("tf_global_seed", _tf_global_seed()) != _tf_global_seed():
+        raise ValueError(
+            f"checkpoint_dir {spec.checkpoint_dir!r} holds a run whose data order was drawn under TensorFlow's global "
+            f"seed {record['tf_global_seed']}; it is now {_tf_global_seed()}, which would reorder the examples after "
+            "the resume point. Call keras.utils.set_random_seed (or tf.random.set_seed) as the first run did before "
+            "bstf.fit, or use another checkpoint_dir.")
     return record["seed"]
+
+
+def _tf_global_seed():
+    """The global seed TensorFlow combines with the stream's shuffle seeds (its default when none was set)."""
+    return int(tf.compat.v1.random.get_seed(1)[0])
 
 
 def _random_seed(strategy):

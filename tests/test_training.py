@@ -282,6 +282,10 @@ def test_checkpoint_of_another_plan_is_refused(tmp_path):
         bstf.fit(_model(), DATA, _plan(factor=4), 1, seed=0, verbose=0, checkpoint_dir=str(tmp_path))
     with pytest.raises(ValueError, match="seed 0, now seed=1"):
         bstf.fit(_model(), DATA, _plan(), 1, seed=1, verbose=0, checkpoint_dir=str(tmp_path))
+    # the stream's shuffle also draws on TensorFlow's global seed: a resume under another one would reorder data
+    model = _model(seed=2)  # keras.utils.set_random_seed(2): the first run built its model under seed 1
+    with pytest.raises(ValueError, match="drawn under TensorFlow's global seed 1; it is now 2, which would reorder"):
+        bstf.fit(model, DATA, _plan(), 1, seed=0, verbose=0, checkpoint_dir=str(tmp_path))
 
 
 def test_finished_run_resumes_as_done(tmp_path):
