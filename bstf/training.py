@@ -280,8 +280,10 @@ class _Run:
                       "examples": ledger.examples, "updates": ledger.updates,
                       "learning_rate": scalar(self.trainer.optimizer.learning_rate),
                       "batch_size": phase.batch_size, "momentum": float(spec.plan.momentum_value)}
-        if spec.on_nonfinite == "skip":
+        if spec.on_nonfinite == "skip" or spec.loss_scaled:
             epoch_logs["skipped_updates"] = self._count_skipped()
+        if spec.loss_scaled:
+            epoch_logs["loss_scale"] = self.trainer.loss_scale()
         self.progress.end_epoch(ledger.epoch, ledger, metrics)
         self.board.epoch(metrics, ledger.epoch + 1, ledger.examples)
         self.callbacks.on_epoch_end(ledger.epoch, epoch_logs)
@@ -302,7 +304,7 @@ class _Run:
                                               "state": self.noise.state()})
 
     def _count_skipped(self):
-        if self.spec.on_nonfinite == "skip":
+        if self.spec.on_nonfinite == "skip" or self.spec.loss_scaled:
             self.ledger.skipped = self.trainer.guard.skipped_updates()
         return self.ledger.skipped
 

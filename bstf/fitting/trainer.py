@@ -20,6 +20,7 @@ import tensorflow as tf
 from bstf import schedules
 from bstf.analysis.noise_scale import NoiseScaleAverager, estimate_grad_norm_sq, estimate_trace_sigma
 from bstf.clock import Clock
+from bstf.fitting.checks import base_optimizer
 from bstf.fitting.control import Control
 from bstf.fitting.guard import Guard
 from bstf.fitting.spec import physical_batch
@@ -34,6 +35,7 @@ class Trainer:
 
     def __init__(self, spec):
         self.spec, self.model, self.optimizer = spec, spec.model, spec.optimizer
+        self.base = base_optimizer(self.optimizer)  # whose LR and momentum the plan sets (inside a loss scale)
         self._key = _cache_key(spec)
         cached = _CACHE.get(self.model)
         if (self._key is not None and cached is not None and cached["key"] == self._key
@@ -78,7 +80,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run's optimizer, and back
     def __enter__(self):
-        spec, opt = self.spec, self.optimizer
+        spec, opt = self.spec, self.base
         self._saved = (opt._learning_rate, getattr(opt, "momentum", None), self.model.train_function)
         # The plan's LR schedule replaces the LR variable for the run (the variable stays tracked, so the
         # optimizer's variable list — and saved files — keep their layout; it gets the final LR at the end).
@@ -87,7 +89,7 @@ class Trainer:
             opt.momentum = spec.plan.momentum
         if self.accumulate is not None:
             self.model.optimizer = self.accumulate
-        self.guard.install(opt)
+        self.guard.install(self.optimizer, self.accumulate)
         self.model.train_function = self._step
         return self
 
@@ -95,7 +97,7 @@ class Trainer:
         _CACHE[self.model] = {"key": self._key, "optimizer": self.optimizer, "strategy": self.spec.strategy,
                               "clock": self.clock, "accumulate": self.accumulate,
                               "guard": self.guard, "step": self._step}
-        opt = self.optimizer
+        opt = self.base
         self.guard.uninstall()
         final_lr = float(keras.ops.convert_to_numpy(opt.learning_rate))
         original_lr, original_momentum, original_train_function = self._saved
@@ -104,7 +106,7 @@ class Trainer:
             original_lr.assign(final_lr)
         if self.spec.momentum_follows:
             opt.momentum = original_momentum
-        self.model.optimizer = opt
+        self.model.optimizer = self.optimizer
         # model.fit must not run bstf's step (it reads the run's clock): give Keras its own function back.
         self.model.train_function = None if self.accumulate is not None else original_train_function
 
@@ -143,9 +145,16 @@ class Trainer:
 
     def values(self):
         """The learning rate and momentum the next update uses, read from the optimizer (a host sync)."""
-        momentum = self.optimizer.momentum if self.spec.momentum_follows else self.spec.plan.momentum_value
-        return {"learning_rate": scalar(self.optimizer.learning_rate),
-                "momentum": scalar(momentum() if callable(momentum) else momentum)}
+        momentum = self.base.momentum if self.spec.momentum_follows else self.spec.plan.momentum_value
+        values = {"learning_rate": scalar(self.base.learning_rate),
+                  "momentum": scalar(momentum() if callable(momentum) else momentum)}
+        if self.spec.loss_scaled:
+            values["loss_scale"] = self.loss_scale()
+        return values
+
+    def loss_scale(self):
+        """The loss scale the next update's micro-batches are multiplied by (``mixed_float16``), or None."""
+        return scalar(self.optimizer.dynamic_scale) if self.spec.loss_scaled else None
 
     def gradient_norms(self):
         """(|g_b|², |G_B|²) of the last update (``noise_scale_every_n_updates``): see Accumulate."""
@@ -155,7 +164,10 @@ class Trainer:
 def _accumulation_steps(spec):
     """Accumulate's ``steps`` (k per plan phase, a schedule on the clock), or None when no Accumulate is needed."""
     measure = spec.noise_scale_every_n_updates is not None
-    if not (measure or spec.on_nonfinite == "skip" or any(p.accumulation > 1 for p in spec.phases)):
+    # A loss scale always sits inside an Accumulate (k >= 1): one overflow decision per update, on the
+    # gradient reduced over replicas (see bstf.optimizers.LossScaledAccumulate).
+    if not (measure or spec.on_nonfinite == "skip" or spec.loss_scaled
+            or any(p.accumulation > 1 for p in spec.phases)):
         return None
     if spec.adaptive is not None:
         return 1  # replaced by the held k
