@@ -318,11 +318,12 @@ class _Run:
         where = (f"The last good checkpoint is {latest}: rerunning the same call resumes from it."
                  if latest else "No checkpoint was saved before it." if self.state is not None
                  else "Nothing was saved (no checkpoint_dir).")
+        fix = ("or pass on_nonfinite='skip' to skip such updates." if self.spec.on_nonfinite == "raise" else
+               "the loss scale fell below 1 (every update overflowed): skipping cannot get past it.")
         raise NonFiniteLossError(
             f"bstf.fit stopped: the training loss or its gradient was not finite (NaN or infinite) at update {update} "
             f"(epoch {epoch}, {examples} examples seen); no checkpoint was written after it. {where} "
-            "Lower the learning rate (or its warmup target), check the data for NaN/inf, or pass "
-            "on_nonfinite='skip' to skip such updates.",
+            f"Lower the learning rate (or its warmup target), check the data for NaN/inf, {fix}",
             update=update, epoch=epoch, examples=examples, checkpoint=latest)
 
     def _finish(self):
