@@ -34,6 +34,16 @@ Under ``jit_compile`` or on GPU some ops are not bitwise deterministic; on CPU
 with a fixed ``seed`` an interrupted and resumed run ends within 1e-6 of an
 uninterrupted one (tests/test_training.py).
 
+Mixed precision: a model built under ``mixed_bfloat16`` trains as is; under
+``mixed_float16`` compile it with a ``keras.optimizers.LossScaleOptimizer``
+(``model.compile`` adds one): bstf.fit wraps it in
+:class:`bstf.optimizers.Accumulate` even where ``k = 1``, so each update takes
+one loss-scale decision on the replica-reduced gradient. A skipped update's
+examples still advance the clock (it counts examples consumed: epochs stay
+epochs of the data, a resume reads the data where it stopped);
+``history.updates`` counts updates run, ``history.skipped_updates`` those the
+loss scale skipped. See docs/large_batch.md, "Mixed precision".
+
 The parts live in :mod:`bstf.fitting` (spec, stream, trainer, guard, state,
 report); this module holds ``fit`` and the loop.
 """
@@ -133,13 +143,19 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
         update whose (replica-reduced) gradient is not finite is not applied —
         weights and optimizer state stay as they were, the clock moves on —
         and counted in ``history.skipped_updates`` (see
-        :mod:`bstf.fitting.guard`).
+        :mod:`bstf.fitting.guard`). Under ``mixed_float16`` (the model
+        compiled with a ``keras.optimizers.LossScaleOptimizer``) overflowing
+        updates are skipped by the loss scale in either mode — once per
+        update, on every replica, the scale halved once — and counted in
+        ``history.skipped_updates``; only a non-finite *unscaled* loss
+        ("raise") or a loss scale below 1 (both modes) is a divergence.
 
     Returns:
       The ``keras.callbacks.History``: ``history.history`` has per-epoch
       lists of the metrics (``val_`` too), ``examples``, ``updates``,
       ``learning_rate``, ``batch_size`` and ``momentum`` (and
-      ``skipped_updates`` with ``on_nonfinite="skip"``); ``history.phases`` a
+      ``skipped_updates`` with ``on_nonfinite="skip"`` or a loss scale, and
+      ``loss_scale`` with a loss scale); ``history.phases`` a
       dict per phase (the fields of :class:`bstf.plan.Phase`, with
       ``updates`` the updates run and ``wall_time`` their seconds);
       ``history.updates``, ``history.examples``, ``history.seed`` and

@@ -23,6 +23,17 @@ over its examples, so the data order does not shift. Its batches are also taken 
 loss (the loss tracker is put back to its value after the last applied update), so the history and the
 checkpoints stay finite. Skipped updates are counted (``history.skipped_updates``, TensorBoard
 ``skipped_updates``).
+
+Loss scaling (``mixed_float16``: the compiled optimizer is a ``LossScaleOptimizer``, which the run wraps
+in a :class:`bstf.optimizers.LossScaledAccumulate`): skipping an overflowing update is the loss scale's job
+— it skips the whole update on every replica and halves the scale once — so in neither mode does the
+guard skip anything itself. It watches instead: every micro-batch's unscaled loss (``scale_loss``) and,
+after the loss-scale optimizer's once-per-update ``apply``, whether a loss was non-finite on any replica
+(one scalar all-reduce per update) and whether the scale fell below 1. Overflows are not divergence.
+Divergence is what survives unscaling: a NaN or infinite *unscaled* loss ("raise" stops the run as above;
+"skip" lets the loss scale skip the update and keeps its loss out of the epoch's mean), or a loss scale
+below 1, i.e. updates that overflow even unscaled, which stops the run in both modes (skipping them would
+skip every update from then on). ``skipped_updates`` then counts the loss scale's skips.
 """
 
 import keras

@@ -3,8 +3,13 @@
 :class:`Trainer` owns what one update needs — the run's :class:`bstf.Clock`, the plan's learning-rate
 (and momentum) schedules put on the compiled optimizer, a :class:`bstf.optimizers.Accumulate` when a
 phase accumulates (or the noise scale is measured, or updates are skipped), the batch controller's
-:class:`~bstf.fitting.control.Control` (its LR and ``k`` held in variables), the non-finite :class:`~bstf.fitting.guard.Guard` and the traced micro-step — and puts the
-model back as it was when the run ends (``with Trainer(spec) as trainer:``).
+:class:`~bstf.fitting.control.Control` (its LR and ``k`` held in variables), the non-finite :class:`~bstf.fitting.guard.Guard` and the traced
+micro-step — and puts the model back as it was when the run ends (``with Trainer(spec) as trainer:``).
+
+Under ``mixed_float16`` the compiled optimizer is a ``LossScaleOptimizer``: it is always wrapped in an
+Accumulate (``k = 1`` where the plan needs no accumulation), which makes it a
+:class:`bstf.optimizers.LossScaledAccumulate` — one overflow decision per update, on the gradient reduced
+over replicas — and the plan's learning rate and momentum go on its inner optimizer (``self.base``).
 
 A later ``bstf.fit`` of the same model, optimizer and plan reuses the clock and the traced step (as
 ``model.fit`` reuses its ``train_function``): the trace captured the clock and the plan's constants.
@@ -114,7 +119,8 @@ class Trainer:
         """What a checkpoint of the run holds besides its record: the model's variables (weights, and the
         seed states of its random layers), the compiled optimizer's state — never an Accumulate's (its
         accumulators are zero at the update boundaries where checkpoints fall), so runs with and without
-        accumulation share checkpoints — the clock and the metric accumulators."""
+        accumulation share checkpoints — the clock and the metric accumulators. A ``LossScaleOptimizer``'s
+        dynamic scale and growth counter are its variables: saved with it, so a resume keeps the scale."""
         plain = lambda vs: [v.value if isinstance(v, keras.Variable) else v for v in vs]  # noqa: E731
         # (the model's own keras.Variable objects: the optimizer tracks the same ones, so each is saved once)
         return {"model_variables": list(self.model.variables), "optimizer": self.optimizer, "clock": self.clock,
