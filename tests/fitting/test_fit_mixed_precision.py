@@ -246,3 +246,30 @@ def test_skip_mode_keeps_a_nan_loss_out_of_the_epoch_mean():
     assert (h.updates, h.skipped_updates, h.history["skipped_updates"]) == (12, 2, [1, 2])
     assert np.isfinite(h.history["loss"]).all()
     assert h.history["loss_scale"] == [512.0, 256.0]  # each skipped update halved it once
+
+
+# ============================================================================ the inner optimizer follows the plan
+def _wrapped(optimizer, jit=False):
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    keras.utils.set_random_seed(1)
+    m = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(2)])
+    keras.mixed_precision.set_dtype_policy("float32")
+    m.compile(LSO(optimizer, initial_scale=2.0**10), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+              jit_compile=jit)
+    return m
+
+
+def test_the_plan_sets_the_inner_optimizers_learning_rate_and_momentum():
+    keras_sgd, ours = _wrapped(keras.optimizers.SGD(0.1, momentum=0.9)), _wrapped(bstf.optimizers.SGD(0.1))
+    for model in (keras_sgd, ours):
+        bstf.fit(model, _data(), GROWING, 2, max_physical_batch=8, shuffle=False, verbose=0, seed=0)
+    assert _max_diff(keras_sgd, ours) < 1e-6  # bstf's SGD got the plan's momentum 0.9
+    inner = ours.optimizer.inner_optimizer
+    assert float(inner.momentum) == 0.0 and float(inner.learning_rate.numpy()) == pytest.approx(0.05)  # as left
+    assert isinstance(ours.optimizer, LSO) and not isinstance(ours.optimizer, bstf.optimizers.Accumulate)
+
+
+def test_jit_compile_under_mixed_float16():
+    h = bstf.fit(_wrapped(keras.optimizers.SGD(0.1, momentum=0.9), jit=True), _data(), GROWING, 3,
+                 max_physical_batch=8, shuffle=False, verbose=0, seed=0)
+    assert h.updates == 21 and h.skipped_updates == 0 and np.isfinite(h.history["loss"]).all()
