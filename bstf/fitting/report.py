@@ -117,7 +117,7 @@ class Board:
 
     def __init__(self, spec):
         self.enabled = bool(spec.logdir) and spec.chief
-        self.every, self.skip = spec.log_every_n_updates, spec.on_nonfinite == "skip"
+        self.every, self.skip = spec.log_every_n_updates, spec.on_nonfinite == "skip" or spec.loss_scaled
         self.train_size = spec.train_size
         if self.enabled:
             self.writers = {run: tf.summary.create_file_writer(os.path.join(spec.logdir, run))
@@ -142,7 +142,8 @@ class Board:
         return self.enabled and update % self.every == 0
 
     def update(self, phase, used, ledger, logs, skipped):
-        """Update ``ledger.updates + 1``, which started at ``ledger.examples``, used ``used`` (LR, momentum)."""
+        """Update ``ledger.updates + 1``, which started at ``ledger.examples``, used ``used`` (LR, momentum,
+        and the loss scale under ``mixed_float16``)."""
         lr, m = used["learning_rate"], used["momentum"]
         values = {tags.LEARNING_RATE: lr, tags.MOMENTUM: m, tags.BATCH_SIZE: phase.batch_size,
                   tags.ACCUMULATION: phase.accumulation, tags.PHYSICAL_BATCH: phase.physical_batch,
@@ -151,6 +152,8 @@ class Board:
                   tags.EXAMPLES_SEEN: ledger.examples, tags.BATCH_LOSS: float(logs["loss"])}
         if self.skip:
             values[tags.SKIPPED_UPDATES] = skipped
+        if "loss_scale" in used:
+            values[tags.LOSS_SCALE] = used["loss_scale"]
         self.scalars(tags.TRAIN, values, ledger.examples)
 
     def measured(self, estimate, examples):

@@ -57,6 +57,11 @@ class RunSpec:
     on_nonfinite: str
 
     @property
+    def loss_scaled(self):
+        """Whether the optimizer is a ``LossScaleOptimizer`` (``mixed_float16``): overflows skip updates."""
+        return isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+
+    @property
     def train_size(self):
         return self.plan.train_size
 
@@ -143,7 +148,7 @@ def make_spec(model, train_data, plan, epochs, **kw):
     if isinstance(callbacks, keras.callbacks.Callback) or not all(
             isinstance(c, keras.callbacks.Callback) for c in callbacks):
         raise TypeError(f"callbacks must be a list of keras.callbacks.Callback, got {callbacks!r}.")
-    momentum_follows = checks.check_optimizer(optimizer, plan, "bstf.fit")
+    momentum_follows = checks.check_optimizer(optimizer, plan, "bstf.fit", loss_scale=True)
     adaptive, noise_every = kw["adaptive"], options["noise_scale_every_n_updates"]
     if adaptive is not None:
         _check_adaptive(adaptive, plan, mpb, replicas)
