@@ -98,12 +98,12 @@ def base_optimizer(optimizer):
     return optimizer
 
 
-def check_optimizer(optimizer, plan, who, loss_scale=False):
+def check_optimizer(optimizer, plan, who):
     """Refuses an optimizer ``plan`` cannot drive; True when its momentum follows the plan's schedule.
 
-    ``who`` names what drives it (``"bstf.fit"``, ``"FollowPlan"``) in the messages. With
-    ``loss_scale=True`` a ``LossScaleOptimizer`` (``mixed_float16``) is accepted and checked by its inner
-    optimizer, whose learning rate and momentum the plan sets; otherwise it is refused.
+    ``who`` names what drives it (``"bstf.fit"``, ``"FollowPlan"``) in the messages. A
+    ``LossScaleOptimizer`` (``mixed_float16``) is checked by its inner optimizer, whose learning rate and
+    momentum the plan sets.
     """
     from bstf.optimizers.accumulate import Accumulate
 
@@ -111,10 +111,6 @@ def check_optimizer(optimizer, plan, who, loss_scale=False):
         raise ValueError(
             f"the model is compiled with a bstf.optimizers.Accumulate; {who} accumulates by itself when the "
             "plan's batch exceeds the physical batch. Compile with the inner optimizer instead.")
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and not loss_scale:
-        raise ValueError(
-            f"{who} does not support a LossScaleOptimizer (mixed_float16) yet; use bstf.fit, float32 or "
-            "mixed_bfloat16, which needs no loss scaling.")
     optimizer = base_optimizer(optimizer)  # a LossScaleOptimizer's LR and momentum are its inner optimizer's
     if isinstance(optimizer.get_config().get("learning_rate"), dict):  # a serialized LearningRateSchedule
         raise ValueError(

@@ -148,7 +148,7 @@ def make_spec(model, train_data, plan, epochs, **kw):
     if isinstance(callbacks, keras.callbacks.Callback) or not all(
             isinstance(c, keras.callbacks.Callback) for c in callbacks):
         raise TypeError(f"callbacks must be a list of keras.callbacks.Callback, got {callbacks!r}.")
-    momentum_follows = checks.check_optimizer(optimizer, plan, "bstf.fit", loss_scale=True)
+    momentum_follows = checks.check_optimizer(optimizer, plan, "bstf.fit")
     adaptive, noise_every = kw["adaptive"], options["noise_scale_every_n_updates"]
     if adaptive is not None:
         _check_adaptive(adaptive, plan, mpb, replicas)
