@@ -71,6 +71,23 @@ class LocalWorkers:
         return outs
 
 
+    def script(self, directory, source):
+        """The command of a worker script: ``source`` written to ``directory``/worker.py after a preamble that
+        puts the repository and tests/ on ``sys.path`` (this checkout's bstf and tests/workers.py)."""
+        path = os.path.join(str(directory), "worker.py")
+        with open(path, "w") as f:
+            f.write(f"import sys\nsys.path[:0] = [{ROOT!r}, {TESTS!r}]\n{source}")
+        return [sys.executable, path]
+
+    def run_script(self, directory, source, timeout=300, **env):
+        """:meth:`run` the :meth:`script` of ``source``."""
+        return self.run(self.script(directory, source), timeout=timeout, **env)
+
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+
+
 @pytest.fixture
 def local_workers(free_ports):
     """``local_workers(n=2)``: a :class:`LocalWorkers` cluster on n free ports; ``.run([sys.executable, script])``."""

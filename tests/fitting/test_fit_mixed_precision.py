@@ -12,8 +12,6 @@ bfloat16 keeping an 8-bit significand, 2**-8 relative, over 21 updates).
 """
 
 import json
-import os
-import sys
 import textwrap
 
 import keras
@@ -37,7 +35,6 @@ X_HUGE[HUGE, 0] = 3e3  # its scaled float16 gradient overflows; its float32 loss
 X_NAN = X.copy()
 X_NAN[HUGE, 2] = np.nan
 FP16_ATOL, BF16_ATOL = 1e-3, 2e-2
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(autouse=True)
@@ -151,12 +148,9 @@ def test_overflow_on_one_replica_skips_the_update_on_all_and_halves_the_scale_on
 
 
 _WORKER = textwrap.dedent("""
-    import json, os, sys
-    import numpy as np, keras, tensorflow as tf
-    sys.path.insert(0, {root!r})
-    import bstf
+    import bstf, keras, tensorflow as tf, workers
     strategy = bstf.distribute.get_strategy("multi_worker")
-    x, y = np.load({data!r})["x"], np.load({data!r})["y"]
+    x, y = workers.data({data!r})
     with strategy.scope():
         keras.mixed_precision.set_dtype_policy("mixed_float16")
         keras.utils.set_random_seed(1)
@@ -168,28 +162,24 @@ _WORKER = textwrap.dedent("""
     plan = bstf.NoiseScalePlan(len(x), 0.01, 16, base_momentum=0.9)
     h = bstf.fit(model, tf.data.Dataset.from_tensor_slices((x, y)), plan, 1, shuffle=False, verbose=0,
                  max_physical_batch=8)
-    task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-    np.savez(os.path.join({out!r}, f"weights{{task}}.npz"), *model.get_weights())
-    with open(os.path.join({out!r}, f"history{{task}}.json"), "w") as f:
-        json.dump({{"updates": h.updates, "skipped": h.skipped_updates, "scale": h.history["loss_scale"]}}, f)
+    workers.save({out!r}, model, updates=h.updates, skipped=h.skipped_updates, scale=h.history["loss_scale"])
 """)
 
 
 @pytest.mark.slow
 def test_overflow_on_one_of_two_workers_skips_the_update_on_both(tmp_path, local_workers):
+    import workers
+
     np.savez(tmp_path / "data.npz", x=X_HUGE, y=YR)
-    script = tmp_path / "worker.py"
-    script.write_text(_WORKER.format(root=ROOT, data=str(tmp_path / "data.npz"), out=str(tmp_path)))
-    local_workers().run([sys.executable, str(script)])
+    local_workers().run_script(tmp_path, _WORKER.format(data=str(tmp_path / "data.npz"), out=str(tmp_path)))
     single = _model("mixed_float16", 2.0**10, regression=True)
     h = bstf.fit(single, _data(X_HUGE, YR), ACCUMULATED, 1, max_physical_batch=8, shuffle=False, verbose=0)
     assert (h.updates, h.skipped_updates, h.history["loss_scale"]) == (6, 1, [512.0])
     for task in range(2):  # micro-batch 48-55 is split 4 + 4: only worker 1 held the huge example
-        assert json.loads((tmp_path / f"history{task}.json").read_text()) == {"updates": 6, "skipped": 1,
-                                                                               "scale": [512.0]}
-        got = np.load(tmp_path / f"weights{task}.npz")
-        for a, key in zip(single.get_weights(), got.files):
-            np.testing.assert_allclose(a, got[key], atol=FP16_ATOL)
+        weights, fields = workers.results(str(tmp_path), task)
+        assert fields == {"updates": 6, "skipped": 1, "scale": [512.0]}
+        for a, b in zip(single.get_weights(), weights):
+            np.testing.assert_allclose(a, b, atol=FP16_ATOL)
 
 
 def _events(logdir):

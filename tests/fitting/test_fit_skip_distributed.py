@@ -6,9 +6,6 @@ update of every epoch. Under two workers each update's batch is split between th
 worker sees the NaN: both must skip the same update, or their weights (and collectives) part ways.
 """
 
-import json
-import os
-import sys
 import textwrap
 
 import keras
@@ -24,7 +21,6 @@ X = RNG.randn(N, 6).astype("float32")
 Y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype("int64")
 X_NAN = X.copy()
 X_NAN[50, 2] = np.nan  # update 50 // 8 = 6 (0-based) of every epoch at batch 8
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _model(jit_compile=False):
@@ -60,36 +56,26 @@ def test_skip_with_jit_compile_equals_the_plain_run():
 
 
 _WORKER = textwrap.dedent("""
-    import json, os, sys
-    import numpy as np, keras, tensorflow as tf
-    sys.path.insert(0, {root!r})
-    import bstf
+    import bstf, tensorflow as tf, workers
     strategy = bstf.distribute.get_strategy("multi_worker")
-    x, y = np.load({data!r})["x"], np.load({data!r})["y"]
-    with strategy.scope():
-        keras.utils.set_random_seed(1)
-        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(2)])
-        model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    x, y = workers.data({data!r})
+    model = workers.classifier(strategy, metrics=["accuracy"])
     plan = bstf.NoiseScalePlan(len(x), 0.05, 8, base_momentum=0.9, milestones=[1], factor=2, mode="increase_batch")
     h = bstf.fit(model, tf.data.Dataset.from_tensor_slices((x, y)), plan, 2, shuffle=False, verbose=0,
                  on_nonfinite="skip", max_physical_batch=8)
-    task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-    np.savez(os.path.join({out!r}, f"weights{{task}}.npz"), *model.get_weights())
-    with open(os.path.join({out!r}, f"history{{task}}.json"), "w") as f:
-        json.dump({{"updates": h.updates, "skipped": h.skipped_updates}}, f)
+    workers.save({out!r}, model, updates=h.updates, skipped=h.skipped_updates)
 """)
 
 
 @pytest.mark.slow
 def test_skip_on_two_workers_equals_the_single_process_run(tmp_path, local_workers):
+    import workers
+
     np.savez(tmp_path / "data.npz", x=X_NAN, y=Y)
-    script = tmp_path / "worker.py"
-    script.write_text(_WORKER.format(root=ROOT, data=str(tmp_path / "data.npz"), out=str(tmp_path)))
-    local_workers().run([sys.executable, str(script)])
+    local_workers().run_script(tmp_path, _WORKER.format(data=str(tmp_path / "data.npz"), out=str(tmp_path)))
     single, h = _single_run()
     for task in range(2):  # each update's 8 examples are split 4 + 4: only one worker held the NaN
-        assert json.loads((tmp_path / f"history{task}.json").read_text()) == {"updates": 18, "skipped": 2}
-        got = np.load(tmp_path / f"weights{task}.npz")
-        for a, key in zip(single.get_weights(), got.files):
-            np.testing.assert_allclose(a, got[key], atol=1e-5)
+        weights, fields = workers.results(str(tmp_path), task)
+        assert fields == {"updates": 18, "skipped": 2}
+        for a, b in zip(single.get_weights(), weights):
+            np.testing.assert_allclose(a, b, atol=1e-5)
