@@ -100,7 +100,8 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
       seed: shuffle seed (default: drawn at random and saved for resuming).
       verbose: 0 silent, 1 progress bar, 2 one line per epoch; "auto" is 1.
       log_every_n_updates: interval of the per-update TensorBoard scalars
-        (and of the host's look at the non-finite guard).
+        (also written for the first update of every phase) and of the host's
+        look at the non-finite guard.
       checkpoint_every_n_updates: extra checkpoints within epochs.
       validation_batch_size: batch of the evaluation (default: the largest
         physical batch).
@@ -251,7 +252,7 @@ class _Run:
         ledger, trainer = self.ledger, self.trainer
         self.callbacks.on_train_batch_begin(ledger.updates)
         started = time.perf_counter()
-        used = trainer.values() if self.board.due(ledger.updates + 1) else None  # before the update runs
+        used = trainer.values() if self.board.due(ledger.updates + 1, phase) else None  # before the update runs
         logs = trainer.update(iterator, phase)
         if used is not None:
             self.board.update(phase, used, ledger, logs, self._count_skipped())

@@ -117,6 +117,19 @@ def test_schedule_realised_exactly_and_logged(tmp_path):
     assert os.path.exists(os.path.join(logdir, "plan.png"))
 
 
+def test_first_update_of_every_phase_is_logged(tmp_path):
+    # 15 updates of 16, 8 of 32, 4 of 64 (N = 240): every 10th update plus each phase's first
+    logdir = str(tmp_path / "tb")
+    h = bstf.fit(_model(), DATA, _plan(milestones=[1, 2], batch=16), 3, logdir=logdir, seed=0, verbose=0,
+                 log_every_n_updates=10)
+    assert [p["updates"] for p in h.phases] == [15, 8, 4]
+    updates = [int(u) for _, u in _events(logdir)["train/updates"]]
+    assert updates == [1, 10, 16, 20, 24]  # 24: the last phase's first update
+    # steps are the clock at the update's start: phase 1's 8th update of 32 straddles epoch 2 (480), so
+    # phase 2 starts at 240 + 8 x 32 = 496
+    assert _events(logdir)["train/batch_size"] == [(0, 16), (144, 16), (240, 32), (368, 32), (496, 64)]
+
+
 def test_clock_exact_at_phase_boundaries_and_history():
     plan = _plan(milestones=[1, 2])  # 8 -> 16 -> 32; N = 240 is a multiple of each, phases end on epochs
     h = bstf.fit(_model(), DATA, plan, 3, seed=0, verbose=0)
