@@ -14,6 +14,7 @@ from bstf import plan
 from bstf.plan import NoiseScalePlan
 from bstf import data, distribute, finder, optimizers, training, tuner
 from bstf.training import fit
+from bstf.evaluation import evaluate
 from bstf.finder import find_batch_size
 from bstf import analysis, callbacks
 from bstf import layers

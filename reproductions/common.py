@@ -1,71 +1,59 @@
-"""Plumbing shared by every reproduction script (keskar, shen, goyal, smith).
+"""What every reproduction script shares before training: flags, config, strategy, data, the entry point.
 
-A reproduction script is a thin absl ``main`` that turns flags into a config
-dataclass and calls a testable ``run(config, workdir) -> dict``. Everything the
-scripts have in common lives here, once:
+A reproduction script is an experiment written as data over a shared runner
+(the big_vision layout): presets are config dataclasses whose docstrings hold
+the exact command, flags only pick the preset and override fields, and the
+script keeps what is paper-specific — networks, protocol, the report. The
+shared parts live in three modules:
 
-* **flags** — ``--preset=quick|paper``, ``--workdir``, ``--strategy`` (a
-  :func:`bstf.distribute.get_strategy` name; ``--tpu``, ``--num_cpu_devices``),
-  ``--dataset`` (any :func:`bstf.data.load` name: ``digits``, ``mnist1d``,
-  ``teacher``, ``tfds:<name>``, ``idx:<dir>``, ``npz:<file>``) with
-  ``--data_dir``, ``--seeds`` (number of seeds), ``--epochs``,
-  ``--train_examples``/``--test_examples``. They are defined when this module
-  is imported; :func:`config_from_flags` starts from the preset's config and
-  overrides the fields whose flag was given on the command line.
-* **config** — :class:`Config`, the base dataclass of every script's config.
-* **seeding** (:func:`set_seed`), **strategy** (:func:`make_strategy`,
-  :func:`is_chief`, :func:`log` — absl logging on the chief only).
-* **data** — :func:`load_data` (train and test :class:`bstf.data.Data` from a
-  config), :func:`take`, :func:`split`, :func:`batched`.
-* **models** — :func:`compile_classifier`, :func:`evaluate`, :func:`train`
-  (``bstf.fit`` with a constant plan, or the plan given).
-* **results** — :func:`aggregate` (mean and std over seeds of nested dicts),
-  :func:`pm`, :func:`markdown_table`, :func:`comparison_table` (our numbers
-  beside the paper's), :func:`write_results` (``results.json`` and
-  ``results.md``).
-* **plots** (matplotlib, Agg) — :func:`plot_curves`, :func:`plot_bars`,
-  :func:`plot_histograms`.
-* **TensorBoard** — :class:`Board`: scalars, per-epoch histories, hparams and
-  the PNGs as images, written on the chief only.
+* this one — **flags** (``--preset=quick|paper|tiny``, ``--workdir``,
+  ``--strategy`` with ``--tpu``/``--num_cpu_devices``, ``--dataset`` with
+  ``--data_dir``, ``--seeds``, ``--epochs``, ``--train_examples``,
+  ``--test_examples``, ``--max_physical_batch``, ``--jit_compile``,
+  ``--smoke``), the base :class:`Config`, :func:`config_from_flags`,
+  the **strategy** (:func:`make_strategy`, :func:`is_chief`, :func:`log`),
+  the **data** (:func:`load_data`, :func:`generated_data` for smoke runs,
+  :func:`take`, :func:`split`), :func:`prepare` (strategy, data and every
+  batch checked before the first training step) and the **entry point**
+  :func:`run_script`: a user error (bad flag, data not prepared, no TPU, a
+  flag combination that does not fit) ends the program with status 2 and one
+  line ``<script>: error: <what and how to fix it>`` — no traceback;
+* :mod:`reproductions.runner` — the one train–evaluate–record path (fixed
+  result keys, one TensorBoard writer);
+* :mod:`reproductions.report` — results.json/results.md, tables, plots.
 
 Typical script::
 
-    from reproductions import common
-
     @dataclasses.dataclass(frozen=True)
     class MyConfig(common.Config):
-        batch_size: int = 32
+        base_batch: int = 32
 
     def quick():
         '''python reproductions/my.py --workdir=/tmp/my'''
         return MyConfig(preset="quick", dataset="digits", epochs=5)
 
-    PRESETS = {"quick": quick, "paper": paper}
+    PRESETS = {"quick": quick, "paper": paper, "tiny": tiny}
+
+    def prepare(config):                       # everything checked before training
+        return common.prepare(config, batches=[config.base_batch])
+
+    def execute(setup, workdir):               # runner.fit_and_evaluate per run, then the report
+        ...
 
     def run(config, workdir):
-        strategy = common.make_strategy(config)
-        train, test = common.load_data(config)
-        ...
-        return common.write_results(workdir, summary=..., runs=..., config=config, markdown=...)
-
-    def main(argv):
-        common.check_no_args(argv)
-        run(common.config_from_flags(PRESETS), common.workdir_from_flags("my"))
+        return execute(prepare(config), workdir)
 
     if __name__ == "__main__":
-        common.app.run(main)
+        common.run_script("my", lambda: common.config_from_flags(PRESETS), prepare, execute)
 """
 
-import contextlib
 import dataclasses
-import json
 import numbers
 import os
 import shlex
 import sys
-import time
 
-from absl import app, flags, logging  # noqa: F401  (app re-exported for the scripts)
+from absl import app, flags, logging
 import keras
 import numpy as np
 import tensorflow as tf
@@ -73,18 +61,26 @@ import tensorflow as tf
 import bstf
 import bstf.data
 import bstf.distribute
+import bstf.training
 
 FLAGS = flags.FLAGS
-PRESET_NAMES = ("quick", "paper")
+PRESET_NAMES = ("quick", "paper", "tiny")
+GENERATED = "generated"
+"""The ``dataset`` name of smoke runs: seeded random inputs of the paper's shape (:func:`generated_data`)."""
 
 
 # ============================================================================ flags
+SHARED_FLAGS = ("preset", "workdir", "strategy", "tpu", "num_cpu_devices", "dataset", "data_dir", "seeds", "epochs",
+                "train_examples", "test_examples", "max_physical_batch", "jit_compile", "smoke")
+"""The flags every script has (defined when this module is imported)."""
+
+
 def _define_flags():
     if "preset" in FLAGS:  # module reloaded: flags exist already
         return
     flags.DEFINE_enum("preset", "quick", list(PRESET_NAMES),
-                      "quick: offline data, small nets, minutes on a CPU. paper: the paper's data, "
-                      "networks and protocol (needs TFDS data in --data_dir and an accelerator).")
+                      "quick: offline data, small nets, minutes on a CPU. paper: the paper's data, networks and "
+                      "protocol (needs TFDS data in --data_dir and an accelerator). tiny: seconds, for tests.")
     flags.DEFINE_string("workdir", None, "Where results.json, results.md, PNGs and TensorBoard logs go "
                         "(default /tmp/<script name>).")
     flags.DEFINE_enum("strategy", None, list(bstf.distribute.NAMES),
@@ -96,21 +92,53 @@ def _define_flags():
                         "idx:<dir>, npz:<file>); default: the preset's.")
     flags.DEFINE_string("data_dir", None, "TFDS data directory for tfds: data sets (never downloaded).")
     flags.DEFINE_integer("seeds", None, "Number of seeds (runs use seeds 0..N-1); default: the preset's.")
-    flags.DEFINE_integer("epochs", None, "Epoch budget (the maximum when the script stops early); "
-                         "default: the preset's.")
+    flags.DEFINE_float("epochs", None, "Epoch budget (the maximum when the script stops early); "
+                       "default: the preset's.")
     flags.DEFINE_integer("train_examples", None, "Use only the first N training examples.")
     flags.DEFINE_integer("test_examples", None, "Use only the first N test examples.")
+    flags.DEFINE_integer("max_physical_batch", None,
+                         "Largest global batch fed at once; larger batches accumulate (default: the preset's).")
+    flags.DEFINE_boolean("jit_compile", None, "Compile the train and test steps with XLA (static shapes, as on a "
+                         "TPU); default: the preset's.")
+    flags.DEFINE_boolean("smoke", False, "With --preset=paper: run the paper's networks at their real input shape "
+                         "on generated data for a handful of updates (plans, accumulation, evaluation, report), "
+                         "to catch a configuration that would crash before an accelerator hour is spent on it.")
 
 
 _define_flags()
 
 
+def define_flag(kind, name, *args, **kwargs):
+    """``flags.DEFINE_<kind>(name, *args, **kwargs)`` unless the flag exists already.
+
+    Scripts share flag names (``--base_lr``, ``--base_batch``, ...); a process that imports several of
+    them (the test suite) keeps the first definition — same name, same type — instead of failing.
+    """
+    if name not in FLAGS:
+        getattr(flags, f"DEFINE_{kind}")(name, *args, **kwargs)
+
+
 # ============================================================================ config
-def _check_int(name, value, low=1, optional=False):
+def check_int(name, value, low=1, optional=False):
+    """``ValueError`` unless ``value`` is an integer >= ``low`` (or None when ``optional``)."""
     if optional and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+
+
+def check_positive(name, value):
+    """``ValueError`` unless ``value`` is a number > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}.")
+
+
+def check_fraction(name, value, high_open=True):
+    """``ValueError`` unless ``value`` is a number in [0, 1) (or [0, 1])."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value and (
+        value < 1 if high_open else value <= 1)
+    if not ok:
+        raise ValueError(f"{name} must be in [0, 1{')' if high_open else ']'}, got {value!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +146,9 @@ class Config:
     """Fields every reproduction config has (scripts subclass it and add theirs).
 
     Attributes:
-      preset: "quick" or "paper" (recorded; the preset functions set the rest).
-      dataset: a :func:`bstf.data.load` name.
+      preset: "quick", "paper" or "tiny" (recorded; the preset functions set the rest).
+      dataset: a :func:`bstf.data.load` name, or ``"generated"`` (smoke runs: ``dataset_kwargs`` give
+        ``input_shape``, ``num_classes``, ``train_size``, ``test_size``; see :func:`generated_data`).
       dataset_kwargs: extra arguments for the loader (e.g. ``num_samples`` of mnist1d).
       data_dir: TFDS data directory (only for ``tfds:`` names).
       test_split: the split evaluated as test set.
@@ -127,7 +156,11 @@ class Config:
       strategy: :func:`bstf.distribute.get_strategy` name; ``tpu`` its TPU
         address, ``num_cpu_devices`` the CPU split for "mirrored".
       seeds: the seeds of the repeated runs.
-      epochs: epoch budget.
+      epochs: epoch budget (a float ends mid-epoch).
+      max_physical_batch: largest global batch fed at once; bigger batches accumulate (None: never).
+      eval_batch: batch of evaluation passes (``bstf.evaluate``).
+      jit_compile: XLA-compile the train and test steps (static shapes, as on a TPU).
+      smoke: the config is a smoke run of a paper preset (generated data, a handful of updates).
       command: the command line that made the config (recorded in results.md).
     """
 
@@ -142,7 +175,11 @@ class Config:
     tpu: str = None
     num_cpu_devices: int = None
     seeds: tuple = (0,)
-    epochs: int = 10
+    epochs: float = 10
+    max_physical_batch: int = None
+    eval_batch: int = 1024
+    jit_compile: bool = False
+    smoke: bool = False
     command: str = None
 
     def __post_init__(self):
@@ -156,30 +193,26 @@ class Config:
         if not seeds or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in seeds):
             raise ValueError(f"seeds must be a non-empty tuple of integers, got {self.seeds!r}.")
         object.__setattr__(self, "seeds", seeds)
-        _check_int("epochs", self.epochs)
-        _check_int("train_examples", self.train_examples, optional=True)
-        _check_int("test_examples", self.test_examples, optional=True)
-        _check_int("num_cpu_devices", self.num_cpu_devices, optional=True)
-
-    def to_dict(self):
-        """The config as a JSON-friendly dict."""
-        return to_jsonable(dataclasses.asdict(self))
+        check_positive("epochs", self.epochs)
+        if float(self.epochs).is_integer():
+            object.__setattr__(self, "epochs", int(self.epochs))
+        check_int("train_examples", self.train_examples, optional=True)
+        check_int("test_examples", self.test_examples, optional=True)
+        check_int("num_cpu_devices", self.num_cpu_devices, optional=True)
+        check_int("max_physical_batch", self.max_physical_batch, optional=True)
+        check_int("eval_batch", self.eval_batch)
+        if self.tpu is not None and self.strategy != "tpu":
+            raise ValueError(f"--tpu={self.tpu} is only used with --strategy=tpu, got --strategy={self.strategy}; "
+                             "drop --tpu or pass --strategy=tpu.")
+        if self.num_cpu_devices is not None and self.strategy != "mirrored":
+            raise ValueError(f"--num_cpu_devices is only used with --strategy=mirrored, got "
+                             f"--strategy={self.strategy}; drop it or pass --strategy=mirrored.")
 
 
 _CONVERTERS = {"seeds": lambda n: tuple(range(n))}
 
 
-def define_flag(kind, name, *args, **kwargs):
-    """``flags.DEFINE_<kind>(name, *args, **kwargs)`` unless the flag exists already.
-
-    Scripts share flag names (``--base_lr``, ``--base_batch``, ...); a process that imports several of
-    them (the test suite) keeps the first definition — same name, same type — instead of failing.
-    """
-    if name not in FLAGS:
-        getattr(flags, f"DEFINE_{kind}")(name, *args, **kwargs)
-
-
-def config_from_flags(presets, converters=None, flag_values=FLAGS, argv=None):
+def config_from_flags(presets, converters=None, smoke=None, flag_values=FLAGS, argv=None):
     """The preset's config (``presets[--preset]()``) with the given flags applied.
 
     Every config field whose flag of the same name was given on the command
@@ -187,25 +220,41 @@ def config_from_flags(presets, converters=None, flag_values=FLAGS, argv=None):
     ``converters`` maps other field names to functions converting a flag value,
     e.g. a comma-separated list into a tuple of ints). Changing ``--dataset``
     drops the preset's ``dataset_kwargs`` (they belong to the preset's data set).
-    ``command`` records ``argv`` (default ``sys.argv``) as a shell command.
+    With ``--smoke`` (``--preset=paper`` only), ``smoke(config)`` — the script's
+    smoke transformation — is applied to the result, and the flags given are
+    applied again on top (so ``--epochs`` still wins). ``command`` records
+    ``argv`` (default ``sys.argv``) as a shell command.
     """
     preset = flag_values["preset"].value
     if preset not in presets:
         raise ValueError(f"preset must be one of {sorted(presets)}, got {preset!r}.")
-    config = presets[preset]()
+    changes = _flag_changes(presets[preset](), converters, flag_values)
+    config = dataclasses.replace(presets[preset](), **changes)
+    if "smoke" in flag_values and flag_values["smoke"].value:
+        if preset != "paper" or smoke is None:
+            raise ValueError("--smoke runs a paper preset's networks on generated data; use it with "
+                             f"--preset=paper (got --preset={preset}).")
+        config = dataclasses.replace(smoke(config), **{k: v for k, v in changes.items() if k != "dataset_kwargs"})
+    argv = sys.argv if argv is None else argv
+    return dataclasses.replace(config, command=" ".join(["python", *(shlex.quote(a) for a in argv)]))
+
+
+def _flag_changes(config, converters, flag_values):
     conv = {**_CONVERTERS, **(converters or {})}
     changes = {}
     for field in dataclasses.fields(config):
         name = field.name
-        if name == "preset" or name not in flag_values or not flag_values[name].present:
+        if name in ("preset", "smoke") or name not in flag_values or not flag_values[name].present:
             continue
         value = flag_values[name].value
-        changes[name] = conv[name](value) if name in conv else value
+        try:
+            changes[name] = conv[name](value) if name in conv else value
+        except ValueError as e:
+            given = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+            raise ValueError(f"--{name}={given} is not valid: {e}") from None
     if "dataset" in changes and changes["dataset"] != config.dataset and "dataset_kwargs" not in changes:
         changes["dataset_kwargs"] = {}
-    argv = sys.argv if argv is None else argv
-    changes["command"] = " ".join(["python", *(shlex.quote(a) for a in argv)])
-    return dataclasses.replace(config, **changes)
+    return changes
 
 
 def workdir_from_flags(default_name, flag_values=FLAGS):
@@ -213,10 +262,53 @@ def workdir_from_flags(default_name, flag_values=FLAGS):
     return flag_values["workdir"].value or os.path.join("/tmp", default_name)
 
 
-def check_no_args(argv):
-    """absl passes the program name and any positional arguments; refuse the latter."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected positional arguments: {argv[1:]} (all options are --flags).")
+# ============================================================================ the entry point
+USER_ERRORS = (app.UsageError, ValueError, TypeError, OSError, RuntimeError)
+"""What a wrong command line, missing data or an unreachable TPU raise before training starts."""
+
+
+def fail(prog, error):
+    """Prints ``<prog>: error: <message>`` (one line) to stderr and exits with status 2."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(2)
+
+
+def parse_flags(argv):
+    """absl's flag parsing, but a bad flag exits with status 2 and one line (absl: status 1, two lines)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(os.path.basename(argv[0]), f"{e} (--helpshort lists the flags)")
+
+
+def main(name, make_config, prepare, execute, argv):
+    """The body of every script's absl ``main``.
+
+    Flags become a config (``make_config()``), ``prepare(config)`` makes the
+    strategy and the data and checks every batch — both before the first
+    training step, so any error they raise (:data:`USER_ERRORS`) is the
+    user's: one line on stderr, status 2. ``execute(setup, workdir)`` then runs
+    the experiment; an error there is a bug and keeps its traceback.
+    """
+    prog = os.path.basename(argv[0]) if argv else f"{name}.py"
+    try:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected positional arguments {argv[1:]}; every option is a --flag.")
+        config = make_config()
+        setup = prepare(config)
+    except USER_ERRORS as e:
+        fail(prog, e)
+    return execute(setup, workdir_from_flags(name))
+
+
+def run_script(name, make_config, prepare, execute):
+    """``absl.app.run`` of :func:`main` with :func:`parse_flags` (the ``__main__`` of every script)."""
+    def absl_main(argv):
+        main(name, make_config, prepare, execute, argv)  # returns None: exit status 0
+
+    app.run(absl_main, flags_parser=parse_flags)
 
 
 # ============================================================================ seeding, strategy, logging
@@ -238,8 +330,6 @@ def make_strategy(config):
     kwargs = {}
     if config.strategy == "tpu":
         kwargs["tpu"] = config.tpu
-    elif config.tpu is not None:
-        raise ValueError(f"tpu={config.tpu!r} is only used with strategy 'tpu', got strategy {config.strategy!r}.")
     if config.num_cpu_devices is not None:
         kwargs["num_cpu_devices"] = config.num_cpu_devices
     key = (config.strategy, tuple(sorted(kwargs.items())))
@@ -260,32 +350,49 @@ def log(message, *args):
         logging.info(message, *args)
 
 
-@contextlib.contextmanager
-def timer(into, key="seconds"):
-    """Context manager storing the wall-clock seconds of its block in ``into[key]``."""
-    start = time.perf_counter()
-    try:
-        yield into
-    finally:
-        into[key] = time.perf_counter() - start
-
-
 # ============================================================================ data
 def load_data(config):
     """(train, test) :class:`bstf.data.Data` for a config (first N examples if asked)."""
-    extra = dict(config.dataset_kwargs)
-    if config.data_dir is not None:
-        extra["data_dir"] = config.data_dir
-    train = bstf.data.load(config.dataset, "train", **extra)
-    test = bstf.data.load(config.dataset, config.test_split, **extra)
+    if config.dataset == GENERATED:
+        train, test = generated_data(**config.dataset_kwargs)
+    else:
+        extra = dict(config.dataset_kwargs)
+        if config.data_dir is not None:
+            extra["data_dir"] = config.data_dir
+        train = bstf.data.load(config.dataset, "train", **extra)
+        test = bstf.data.load(config.dataset, config.test_split, **extra)
     return take(train, config.train_examples), take(test, config.test_examples)
+
+
+def generated_data(input_shape, num_classes, train_size, test_size, seed=0):
+    """(train, test) :class:`bstf.data.Data` of seeded uniform [0, 1) inputs and uniform labels.
+
+    The data of smoke runs: any input shape (224×224×3 images included)
+    without holding it in memory — example ``i`` is generated on the fly from
+    ``(seed, i)``, so every pass, worker and replica sees the same data.
+    """
+    shape = tuple(int(d) for d in input_shape)
+    check_int("num_classes", num_classes, low=2)
+    parts = []
+    for offset, size, split in ((0, train_size, "train"), (train_size, test_size, "test")):
+        check_int(f"{split}_size", size)
+
+        def example(i, offset=offset):
+            key = tf.stack([tf.constant(seed, tf.int64), i + offset])
+            x = tf.random.stateless_uniform(shape, seed=key)
+            y = tf.random.stateless_uniform((), seed=key[::-1], maxval=num_classes, dtype=tf.int64)
+            return x, y
+
+        ds = tf.data.Dataset.range(size).map(example, num_parallel_calls=tf.data.AUTOTUNE)
+        parts.append(bstf.data.Data(ds, int(size), int(num_classes), shape, GENERATED, split))
+    return tuple(parts)
 
 
 def take(data, n):
     """The first ``n`` examples of ``data`` (all of them if ``n`` is None or too large)."""
     if n is None or n >= data.size:
         return data
-    _check_int("n", n)
+    check_int("n", n)
     arrays = None if data.arrays is None else (data.arrays[0][:n], data.arrays[1][:n])
     return dataclasses.replace(data, dataset=data.dataset.take(n), size=int(n), arrays=arrays)
 
@@ -310,359 +417,52 @@ def split(data, fraction, seed=0):
     return rest, held
 
 
-def batched(data, batch_size, shuffle_seed=None, drop_remainder=False):
-    """``data.dataset`` batched (and shuffled with ``shuffle_seed`` if given), prefetched."""
-    ds = data.dataset
-    if shuffle_seed is not None:
-        ds = ds.shuffle(data.size, seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
-
-
 def arrays(data, max_examples=None):
     """(x, y) NumPy arrays of ``data`` (the first ``max_examples``)."""
     return data.numpy(max_examples)
 
 
-# ============================================================================ models and training
-def compile_classifier(model, optimizer):
-    """Compiles a logits classifier: sparse cross-entropy (from logits) and ``accuracy``."""
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
-    return model
+# ============================================================================ setup
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What :func:`prepare` checked: the config, its strategy and its (train, test) data."""
+
+    config: Config
+    strategy: tf.distribute.Strategy
+    train: bstf.data.Data
+    test: bstf.data.Data
 
 
-def evaluate(model, data, batch_size=1024):
-    """{"loss", "accuracy"} of a compiled classifier on ``data`` (accuracy in [0, 1])."""
-    out = model.evaluate(batched(data, batch_size), verbose=0, return_dict=True)
-    return {"loss": float(out["loss"]), "accuracy": float(out["accuracy"])}
-
-
-def constant_plan(train_size, learning_rate, batch_size, momentum=0.0):
-    """A :class:`bstf.NoiseScalePlan` with a constant LR, batch and momentum."""
-    return bstf.NoiseScalePlan(train_size, learning_rate, batch_size, base_momentum=momentum)
-
-
-def train(model, train_data, epochs, *, plan=None, learning_rate=None, batch_size=None, momentum=0.0,
-          **fit_kwargs):
-    """Trains a compiled ``model`` with ``bstf.fit``; returns what ``bstf.fit`` returns.
-
-    Either ``plan`` (a :class:`bstf.NoiseScalePlan`) or ``learning_rate`` and
-    ``batch_size`` (a constant plan) must be given. ``fit_kwargs`` go to
-    ``bstf.fit`` (``validation_data``, ``strategy``, ``max_physical_batch``,
-    ``callbacks``, ``logdir``, ``checkpoint_dir``, ``seed``).
-    """
-    if plan is None:
-        if learning_rate is None or batch_size is None:
-            raise ValueError("train needs either plan or both learning_rate and batch_size, "
-                             f"got learning_rate={learning_rate!r}, batch_size={batch_size!r}.")
-        plan = constant_plan(train_data.size, learning_rate, batch_size, momentum)
-    elif learning_rate is not None or batch_size is not None:
-        raise ValueError("give either plan or learning_rate/batch_size, not both.")
-    return bstf.fit(model, train_data, plan, epochs, **fit_kwargs)
-
-
-def history_dict(history):
-    """A Keras ``History`` (or a dict of per-epoch lists) as {metric: [floats]}."""
-    raw = getattr(history, "history", history) or {}
-    return {k: [float(v) for v in vs] for k, vs in raw.items()}
-
-
-# ============================================================================ results
-def to_jsonable(obj):
-    """Converts dataclasses, NumPy scalars/arrays, tuples and dict keys into JSON types."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, tf.Tensor):
-        return to_jsonable(obj.numpy())
-    return obj
-
-
-def mean_std(values):
-    """(mean, std) of numbers; std is the sample std (ddof=1), 0 for a single value."""
-    v = np.asarray(list(values), dtype=np.float64)
-    if v.size == 0:
-        raise ValueError("mean_std needs at least one value.")
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
-
-
-def aggregate(trees):
-    """(means, stds) of a list of nested dicts with the same structure and numeric leaves.
-
-    Used to average per-seed results. Lists of numbers are averaged element-wise;
-    integers equal in every tree (batch sizes, update counts) stay integers;
-    other leaves (text) are taken from the first tree (std None).
-    """
-    if not trees:
-        raise ValueError("aggregate needs at least one result.")
-    first = trees[0]
-    if isinstance(first, dict):
-        means, stds = {}, {}
-        for key in first:
-            means[key], stds[key] = aggregate([t[key] for t in trees])
-        return means, stds
-    if isinstance(first, (list, tuple)) and first and isinstance(first[0], numbers.Number):
-        a = np.asarray(trees, dtype=np.float64)
-        return a.mean(0).tolist(), (a.std(0, ddof=1) if len(trees) > 1 else np.zeros(a.shape[1])).tolist()
-    if isinstance(first, numbers.Integral) and not isinstance(first, bool) and all(t == first for t in trees):
-        return first, 0  # e.g. batch sizes, update counts: stay integers
-    if isinstance(first, numbers.Number) and not isinstance(first, bool):
-        return mean_std(trees)
-    return first, None
-
-
-def pm(mean, std=None, digits=2, scale=1.0):
-    """"mean ± std" (or just the mean) as text.
-
-    ``mean`` may also be a list of per-seed values: mean ± sample std, or just
-    the value when there is one.
-    """
-    if isinstance(mean, (list, tuple, np.ndarray)):
-        mean, std = mean_std(mean) if len(mean) > 1 else (float(mean[0]), None)
-    if mean is None:
-        return "—"
-    text = f"{mean * scale:.{digits}f}"
-    return text if std is None else f"{text} ± {std * scale:.{digits}f}"
-
-
-def _cell(value, digits=2):
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def markdown_table(header, rows, digits=2):
-    """A GitHub markdown table; floats get ``digits`` decimals, None becomes "—"."""
-    lines = ["| " + " | ".join(str(h) for h in header) + " |",
-             "|" + "|".join("---" for _ in header) + "|"]
-    for row in rows:
-        if len(row) != len(header):
-            raise ValueError(f"row {row!r} has {len(row)} cells, the header has {len(header)}.")
-        lines.append("| " + " | ".join(_cell(c, digits) for c in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def comparison_table(rows, ours="ours", paper="paper", digits=2):
-    """A markdown table of ``(quantity, our value, paper value[, note])`` rows.
-
-    Our value may be a number, a list of per-seed numbers (shown as mean ± std)
-    or text; the paper's a number, text, or None ("—", not reported).
-    """
-    header = ["quantity", ours, paper]
-    has_note = any(len(r) > 3 for r in rows)
-    if has_note:
-        header.append("note")
-    body = []
-    for r in rows:
-        ours_v = pm(r[1], digits=digits) if isinstance(r[1], (list, tuple)) else r[1]
-        row = [r[0], ours_v, r[2]]
-        if has_note:
-            row.append(r[3] if len(r) > 3 else "")
-        body.append(row)
-    return markdown_table(header, body, digits)
-
-
-def write_results(workdir, *, summary, runs, config, markdown, **extra):
-    """Writes ``results.json`` ({"summary", "runs", "config", **extra}) and ``results.md``.
-
-    Files are written by the chief only; the results dict is returned everywhere.
-    """
-    results = to_jsonable({"summary": summary, "runs": runs,
-                           "config": config.to_dict() if hasattr(config, "to_dict") else config, **extra})
-    if is_chief():
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2, allow_nan=True)
-        with open(os.path.join(workdir, "results.md"), "w") as f:
-            f.write(markdown if markdown.endswith("\n") else markdown + "\n")
-    return results
-
-
-def machine_description():
-    """One line naming the machine: CPU cores, accelerators, TF and Keras versions."""
-    gpus = tf.config.list_physical_devices("GPU")
-    accel = f"{len(gpus)} GPU" if gpus else "no GPU"
-    return f"{os.cpu_count()} CPU cores, {accel}, TensorFlow {tf.__version__}, Keras {keras.__version__}"
-
-
-# ============================================================================ plots
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path):
-    plt = _pyplot()
-    if is_chief():
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_curves(path, curves, *, xlabel, ylabel, title=None, logx=False, logy=False, vlines=(),
-                right=None, right_ylabel=None):
-    """Line plot of ``{label: (x, y)}`` (or ``(x, y, style_kwargs)``); returns ``path``.
-
-    ``right`` holds further curves drawn against a second y axis labelled
-    ``right_ylabel`` (e.g. loss on the left, accuracy on the right).
-    """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    handles = []
-    for label, curve in curves.items():
-        x, y, *style = curve
-        handles += ax.plot(x, y, label=label, **(style[0] if style else {}))
-    if right:
-        ax2 = ax.twinx()
-        for label, curve in right.items():
-            x, y, *style = curve
-            handles += ax2.plot(x, y, label=label, **(style[0] if style else {}))
-        ax2.set_ylabel(right_ylabel or "")
-    for v in vlines:
-        ax.axvline(v, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if logx:
-        ax.set_xscale("log", base=2)
-    if logy:
-        ax.set_yscale("log")
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(handles=handles, labels=[h.get_label() for h in handles], fontsize=8)
-    return _save(fig, path)
-
-
-def plot_bars(path, groups, *, ylabel, title=None, logy=False):
-    """Grouped bars of ``{group: {series: value or (mean, std)}}``; returns ``path``."""
-    plt = _pyplot()
-    series = list(dict.fromkeys(s for g in groups.values() for s in g))
-    width = 0.8 / max(1, len(series))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, s in enumerate(series):
-        xs, hs, es = [], [], []
-        for j, g in enumerate(groups.values()):
-            if s in g:
-                v = g[s]
-                m, e = v if isinstance(v, (tuple, list)) else (v, 0.0)
-                xs.append(j + (i - (len(series) - 1) / 2) * width)
-                hs.append(m)
-                es.append(e)
-        ax.bar(xs, hs, width, yerr=es, capsize=3, label=s)
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels(list(groups))
-    ax.set_ylabel(ylabel)
-    if logy:
-        ax.set_yscale("log")
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def plot_histograms(path, histograms, *, xlabel, title=None, logy=True, density=True):
-    """Step histograms of ``{label: (counts, edges)}`` (shared bins); returns ``path``."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, (counts, edges) in histograms.items():
-        counts = np.asarray(counts, dtype=np.float64)
-        edges = np.asarray(edges, dtype=np.float64)
-        if density and counts.sum() > 0:
-            counts = counts / (counts.sum() * np.diff(edges))
-        ax.stairs(counts, edges, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density" if density else "count")
-    if logy:
-        ax.set_yscale("log")
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-# ============================================================================ TensorBoard
-class Board:
-    """TensorBoard writer of one run (chief only; a no-op writer elsewhere).
+def prepare(config, batches=(), transform=None):
+    """The strategy and the data of ``config``, with every global batch of the experiment checked.
 
     Args:
-      logdir: the run's log directory (e.g. ``<workdir>/tensorboard/<run>``).
+      config: a :class:`Config`.
+      batches: every global batch the experiment will train with (or a
+        function of the training-set size returning them); each must divide by
+        the replicas, split into micro-batches of at most
+        ``config.max_physical_batch`` and fit in the training set.
+      transform: ``transform(train, test) -> (train, test)`` (input pipelines such as crops).
+
+    Raises:
+      ValueError, RuntimeError, OSError: the strategy, the data or a batch
+        does not fit (the message names the fix) — before any training step.
     """
+    strategy = make_strategy(config)
+    train, test = load_data(config)
+    if transform is not None:
+        train, test = transform(train, test)
+    if callable(batches):
+        batches = batches(train.size)
+    for batch in sorted(set(batches)):
+        check_batch(batch, train.size, strategy, config.max_physical_batch)
+    return Setup(config, strategy, train, test)
 
-    def __init__(self, logdir):
-        self.logdir = logdir
-        self._writer = tf.summary.create_file_writer(logdir) if is_chief() else tf.summary.create_noop_writer()
 
-    def scalars(self, values, step):
-        """Writes ``{tag: number}`` at ``step``."""
-        with self._writer.as_default():
-            for tag, value in values.items():
-                tf.summary.scalar(tag, float(value), step=int(step))
-        self._writer.flush()
-
-    def history(self, history, first_step=1, prefix=""):
-        """Writes per-epoch lists ``{tag: [values]}`` as scalars at steps first_step, first_step+1, ..."""
-        with self._writer.as_default():
-            for tag, values in history.items():
-                for i, value in enumerate(values):
-                    tf.summary.scalar(prefix + tag, float(value), step=first_step + i)
-        self._writer.flush()
-
-    def hparams(self, hparams, metrics=None, trial_id=None):
-        """Records the run's hyper-parameters (and final ``metrics`` as step-0 scalars).
-
-        Values that are not bool/int/float/str are recorded as text.
-        """
-        from tensorboard.plugins.hparams import api as hp
-
-        clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
-        with self._writer.as_default():
-            hp.hparams(clean, trial_id=trial_id)
-            for tag, value in (metrics or {}).items():
-                tf.summary.scalar(tag, float(value), step=0)
-        self._writer.flush()
-
-    def images(self, paths, step=0):
-        """Writes PNG files as TensorBoard images (tag: the file name without extension)."""
-        if not is_chief():
-            return
-        with self._writer.as_default():
-            for path in paths:
-                image = tf.io.decode_png(tf.io.read_file(path), channels=4)
-                tag = os.path.splitext(os.path.basename(path))[0]
-                tf.summary.image(tag, image[None], step=step)
-        self._writer.flush()
-
-    def text(self, tag, markdown, step=0):
-        """Writes markdown text (e.g. the results table)."""
-        with self._writer.as_default():
-            tf.summary.text(tag, markdown, step=step)
-        self._writer.flush()
-
-    def close(self):
-        self._writer.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+def check_batch(batch, train_size, strategy, max_physical_batch=None):
+    """``ValueError`` unless global ``batch`` fits the strategy, the physical batch and the training set."""
+    bstf.distribute.check_global_batch(batch, strategy)
+    bstf.training.physical_batch(batch, max_physical_batch, strategy.num_replicas_in_sync)
+    if batch > train_size:
+        raise ValueError(f"batch {batch} is larger than the training set ({train_size} examples); use "
+                         "smaller batches or more training examples.")

@@ -15,7 +15,8 @@ and, at the ``ablation_multiples`` (default: the largest k, the paper's 8k),
 * ``no_scaling`` — η0 unchanged at k·B0 (no rule at all).
 
 Every run is one :class:`bstf.NoiseScalePlan` (``lr_rule``, ``warmup_epochs``,
-``milestones``, ``factor`` 10, ``mode="decay_lr"``) trained by ``bstf.fit``;
+``warmup``, ``milestones``, ``factor`` 10, ``mode="decay_lr"``) trained and
+evaluated by the shared runner (:func:`reproductions.runner.fit_and_evaluate`);
 batches above ``max_physical_batch`` are reached by gradient accumulation
 (one update per k micro-batches, loss normalised by the whole minibatch, as in
 the paper), so the batch axis spans ≥ 32× on a CPU. SGD with Nesterov
@@ -24,7 +25,9 @@ residual block. We report top-1 test error (%) and the training curves of
 small and large batches on the epoch (examples) axis.
 
 Outputs in ``--workdir``: ``results.json`` (``summary`` keyed by batch size,
-then variant, each with ``test_error``), ``results.md`` (beside Goyal's
+then variant: a :func:`reproductions.runner.summarise` entry plus
+``test_error``, ``train_error``, their curves and the paper's error; ``runs``
+the per-seed run records), ``results.md`` (beside Goyal's
 Table 1 / Fig. 1), ``error_vs_batch.png``, ``curves.png`` (training error per
 epoch, Fig. 2 style), ``test_curves.png``, and TensorBoard logs of every run
 under ``tensorboard/`` (bstf.fit's per-update and per-epoch scalars, hparams,
@@ -35,6 +38,7 @@ Run::
     python reproductions/goyal.py --workdir=/tmp/goyal                     # quick preset, CPU, minutes
     python reproductions/goyal.py --preset=paper --data_dir=$HOME/tensorflow_datasets \
         --strategy=mirrored --workdir=/tmp/goyal_imagenet                  # ResNet-50 / ImageNet
+    python reproductions/goyal.py --preset=paper --smoke --workdir=/tmp/goyal_smoke   # ResNet-50 at 224, CPU
 
 See docs/reproductions/goyal.md.
 """
@@ -48,10 +52,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app  # noqa: E402
 
 import bstf  # noqa: E402
-from reproductions import common, resnets  # noqa: E402
+from reproductions import common, report, resnets, runner  # noqa: E402
 
 common.define_flag("list", "multiples", None, "Batch multiples k of the base batch, e.g. 1,2,4,8,16,32 (default: the preset's).")
 common.define_flag("list", "ablation_multiples", None, "Multiples k that also get the ablations (default: the largest).")
@@ -60,13 +63,12 @@ common.define_flag("list", "variants", None, "Ablation variants (default: all of
 common.define_flag("integer", "base_batch", None, "Base batch B0 (default: the preset's; 256 in the paper).")
 common.define_flag("float", "base_lr", None, "LR η0 at B0 (default: the preset's; 0.1 in the paper).")
 common.define_flag("float", "warmup_epochs", None, "Warmup epochs (default: the preset's; 5 in the paper).")
-common.define_flag("integer", "max_physical_batch", None, "Largest batch fed at once; larger ones accumulate.")
 
 VARIANTS = ("linear_warmup", "no_warmup", "constant_warmup", "sqrt_warmup", "no_scaling")
 ABLATIONS = VARIANTS[1:]
 # How each variant sets the plan: (lr_rule, warmup kind).
-_RECIPES = {"linear_warmup": ("linear", "gradual"), "no_warmup": ("linear", None),
-            "constant_warmup": ("linear", "constant"), "sqrt_warmup": ("sqrt", "gradual"),
+_RECIPES = {"linear_warmup": ("linear", "linear"), "no_warmup": ("linear", None),
+            "constant_warmup": ("linear", "constant"), "sqrt_warmup": ("sqrt", "linear"),
             "no_scaling": ("none", None)}
 
 # ----------------------------------------------------------------------------- the paper's numbers
@@ -88,6 +90,8 @@ PAPER_BASE_BATCH = 256
 class GoyalConfig(common.Config):
     """Configuration of the Goyal reproduction (fields beyond :class:`common.Config`).
 
+    The plan's fields use :class:`bstf.NoiseScalePlan`'s ``get_config`` names.
+
     Attributes:
       network: ``"small_resnet"`` (``width``, ``stages``, ``blocks``) or ``"resnet50"``.
       base_batch, base_lr: B0 and η0 (256 and 0.1 in the paper).
@@ -96,11 +100,9 @@ class GoyalConfig(common.Config):
       variants: the ablations run there (subset of :data:`ABLATIONS`).
       warmup_epochs: warmup length (5 in the paper).
       milestones, factor: LR ÷ ``factor`` at these epochs (30, 60, 80 and 10 in the paper).
-      momentum, nesterov, weight_decay: SGD settings (0.9, Nesterov, 1e-4 on kernels only).
-      max_physical_batch: largest batch fed at once (bigger batches accumulate; None: never).
+      base_momentum, nesterov, weight_decay: SGD settings (0.9, Nesterov, 1e-4 on kernels only).
       image_size: ImageNet-style crops of this size (random-resized crop + flip for training,
         resize-256 centre crop for test); None: use the features as they are.
-      eval_batch: batch of evaluation passes.
     """
 
     network: str = "small_resnet"
@@ -115,24 +117,23 @@ class GoyalConfig(common.Config):
     warmup_epochs: float = 2.0
     milestones: tuple = (6, 11, 14)
     factor: float = 10.0
-    momentum: float = 0.9
+    base_momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
-    max_physical_batch: int = 256
     image_size: int = None
+    max_physical_batch: int = 256
     eval_batch: int = 1000
 
     def __post_init__(self):
         super().__post_init__()
         if self.network not in ("small_resnet", "resnet50"):
             raise ValueError(f"network must be 'small_resnet' or 'resnet50', got {self.network!r}.")
-        for name in ("width", "stages", "blocks", "base_batch", "eval_batch"):
-            common._check_int(name, getattr(self, name))
-        common._check_int("max_physical_batch", self.max_physical_batch, optional=True)
-        common._check_int("image_size", self.image_size, optional=True)
+        for name in ("width", "stages", "blocks", "base_batch"):
+            common.check_int(name, getattr(self, name))
+        common.check_int("image_size", self.image_size, optional=True)
         multiples = tuple(self.multiples)
         for k in multiples:
-            common._check_int("multiples", k)
+            common.check_int("multiples", k)
         if not multiples or multiples[0] != 1 or list(multiples) != sorted(set(multiples)):
             raise ValueError(f"multiples must be strictly increasing integers starting at 1, got {self.multiples!r}.")
         object.__setattr__(self, "multiples", multiples)
@@ -145,13 +146,11 @@ class GoyalConfig(common.Config):
         if any(v not in ABLATIONS for v in variants):
             raise ValueError(f"variants must be a subset of {ABLATIONS}, got {self.variants!r}.")
         object.__setattr__(self, "variants", variants)
-        if not self.base_lr > 0:
-            raise ValueError(f"base_lr must be > 0, got {self.base_lr}.")
+        common.check_positive("base_lr", self.base_lr)
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs}.")
         object.__setattr__(self, "milestones", tuple(self.milestones))
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}.")
+        common.check_fraction("base_momentum", self.base_momentum)
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}.")
 
@@ -202,13 +201,52 @@ def paper():
     return GoyalConfig(preset="paper", dataset="tfds:imagenet2012", test_split="validation", network="resnet50",
                        base_batch=256, base_lr=0.1, multiples=(1, 2, 4, 8, 16, 32, 64, 128, 256),
                        ablation_multiples=(32,), warmup_epochs=5.0, milestones=(30, 60, 80), factor=10.0,
-                       momentum=0.9, nesterov=True, weight_decay=1e-4, max_physical_batch=256, image_size=224,
+                       base_momentum=0.9, nesterov=True, weight_decay=1e-4, max_physical_batch=256, image_size=224,
                        seeds=(0,), epochs=90, eval_batch=250)
 
 
-PRESETS = {"quick": quick, "paper": paper}
+def tiny():
+    """Tiny preset: seconds, for tests (k = 1 and 4, one ablation, accumulation at k = 4).
+
+    ``python reproductions/goyal.py --preset=tiny --workdir=/tmp/goyal_tiny``
+    """
+    return GoyalConfig(preset="tiny", dataset="mnist1d", dataset_kwargs={"num_samples": 500}, width=4, stages=2,
+                       base_batch=8, multiples=(1, 4), variants=("no_warmup",), epochs=2, milestones=(1,),
+                       warmup_epochs=0.5, max_physical_batch=16, eval_batch=100)
+
+
+PRESETS = {"quick": quick, "paper": paper, "tiny": tiny}
 _ints = lambda values: tuple(int(v) for v in values)  # noqa: E731
 CONVERTERS = {"multiples": _ints, "ablation_multiples": _ints, "variants": tuple}
+SMOKE_SCALE = 128
+"""``--smoke`` divides the paper's global and physical batches by this (the accumulation factors stay)."""
+
+
+def smoke(config):
+    """The paper config as a smoke run: ResNet-50 on generated 224×224×3 images, k = 1 and the 8k point.
+
+    ``python reproductions/goyal.py --preset=paper --smoke --workdir=/tmp/goyal_smoke``
+
+    ResNet-50 (1000 classes) through the ImageNet crops at 224, the paper's
+    base batch and physical batch ÷ :data:`SMOKE_SCALE` (B0 256 → 2, physical
+    256 → 2), so k = 32 — the paper's 8k point — accumulates 32 micro-batches
+    as in the paper, at the paper's LR 3.2 after warmup; k = 1 and k = 32 with
+    every ablation, a training set of one batch at k = 32, one epoch (the
+    first update of each run is inside the warmup, as in the paper).
+    """
+    s = SMOKE_SCALE
+    k = 32
+    base = config.base_batch // s
+    return dataclasses.replace(config, base_batch=base, max_physical_batch=config.max_physical_batch // s,
+                               multiples=(1, k), ablation_multiples=(k,), epochs=1, warmup_epochs=0.5, seeds=(0,),
+                               eval_batch=8, smoke=True, dataset=common.GENERATED, test_split="test",
+                               dataset_kwargs=dict(input_shape=(224, 224, 3), num_classes=1000, train_size=k * base,
+                                                   test_size=8))
+
+
+def config_from_flags():
+    """The preset's config with the command-line flags applied (``--smoke``: :func:`smoke`)."""
+    return common.config_from_flags(PRESETS, converters=CONVERTERS, smoke=smoke)
 
 
 # ----------------------------------------------------------------------------- plans
@@ -217,21 +255,23 @@ def make_plan(config, train_size, multiple, variant):
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
     rule, warmup = _RECIPES[variant]
-    return bstf.NoiseScalePlan(train_size, config.base_lr, config.base_batch, base_momentum=config.momentum,
-               batch=multiple * config.base_batch, lr_rule=rule,
-               warmup_epochs=config.warmup_epochs if warmup and multiple > 1 else 0.0,
-               milestones=tuple(m for m in config.milestones if m < config.epochs), factor=config.factor,
-               mode="decay_lr", warmup="constant" if warmup == "constant" else "linear")
+    return bstf.NoiseScalePlan(train_size, config.base_lr, config.base_batch, base_momentum=config.base_momentum,
+                               batch=multiple * config.base_batch, lr_rule=rule,
+                               warmup_epochs=config.warmup_epochs if warmup and multiple > 1 else 0.0,
+                               warmup=warmup or "linear",
+                               milestones=tuple(m for m in config.milestones if m < config.epochs),
+                               factor=config.factor, mode="decay_lr")
 
 
 # ----------------------------------------------------------------------------- the experiment
-def _prepare(config, train, test):
+def _crops(config):
     """ImageNet-style crops when ``image_size`` is set; the data as they are otherwise."""
     if config.image_size is None:
-        return train, test
-    shape = (config.image_size, config.image_size, 3)
-    return (resnets.map_data(train, lambda x: resnets.imagenet_train(x, config.image_size), shape),
-            resnets.map_data(test, lambda x: resnets.imagenet_eval(x, config.image_size), shape))
+        return None
+    size = config.image_size
+    shape = (size, size, 3)
+    return lambda train, test: (resnets.map_data(train, lambda x: resnets.imagenet_train(x, size), shape),
+                                resnets.map_data(test, lambda x: resnets.imagenet_eval(x, size), shape))
 
 
 def build_model(config, input_shape, num_classes):
@@ -241,104 +281,74 @@ def build_model(config, input_shape, num_classes):
     else:
         model = resnets.small_resnet(input_shape, num_classes, width=config.width, stages=config.stages,
                                      blocks=config.blocks, weight_decay=config.weight_decay)
-    optimizer = keras.optimizers.SGD(config.base_lr, momentum=config.momentum, nesterov=config.nesterov)
-    return common.compile_classifier(model, optimizer)
+    optimizer = keras.optimizers.SGD(config.base_lr, momentum=config.base_momentum, nesterov=config.nesterov)
+    return runner.compile_classifier(model, optimizer, config.jit_compile)
 
 
-def run_one(config, init, train, test, strategy, multiple, variant, seed, logdir):
-    """Trains one (k, variant) from ``init``; returns its result dict (errors in %)."""
-    common.set_seed(seed)
-    plan = make_plan(config, train.size, multiple, variant)
-    with strategy.scope():
-        model = build_model(config, train.input_shape, train.num_classes)
-        model.set_weights(init)
-    max_physical = config.max_physical_batch
-    if max_physical is not None and plan.max_batch_used <= max_physical:
-        max_physical = None
-    stats = {}
-    with common.timer(stats, "wall_time_s"):
-        history = common.train(model, train, config.epochs, plan=plan, validation_data=test, strategy=strategy,
-                               max_physical_batch=max_physical, logdir=logdir, seed=seed, verbose=0)
-    h = common.history_dict(history)
-    te = common.evaluate(model, test, config.eval_batch)
-    phase0 = history.phases[0]
-    result = {
-        "multiple": multiple, "variant": variant, "batch_size": plan.batch, "learning_rate": plan.at(
-            config.warmup_epochs).learning_rate if config.warmup_epochs < config.epochs else plan.base_lr,
-        "lr_rule": plan.lr_rule, "warmup_epochs": plan.warmup_epochs, "updates": int(history.updates),
-        "accumulation": int(phase0["accumulation"]), "physical_batch": int(phase0["physical_batch"]),
-        "test_error": 100 * (1 - te["accuracy"]), "test_loss": te["loss"],
-        "train_error_curve": [100 * (1 - a) for a in h.get("accuracy", [])],
-        "train_loss_curve": h.get("loss", []),
-        "test_error_curve": [100 * (1 - a) for a in h.get("val_accuracy", [])],
-        "examples": h.get("examples", []),
-        **stats,
-    }
-    result["train_error"] = result["train_error_curve"][-1] if result["train_error_curve"] else None
-    common.log("seed %d k=%d (batch %d) %s: LR %g, %d updates (accumulation %d): test error %.2f%% (%.0f s)",
-               seed, multiple, plan.batch, variant, result["learning_rate"], result["updates"],
-               result["accumulation"], result["test_error"], stats["wall_time_s"])
-    with common.Board(logdir) as board:
-        board.hparams({"multiple": multiple, "batch_size": plan.batch, "variant": variant, "lr_rule": plan.lr_rule,
-                       "warmup_epochs": plan.warmup_epochs, "base_lr": config.base_lr, "seed": seed,
-                       "dataset": config.dataset},
-                      {"final/test_error": result["test_error"], "final/updates": result["updates"]})
-    return result
+def prepare(config):
+    """Strategy and data of ``config``; every batch k·B0 checked before training."""
+    return common.prepare(config, [k * config.base_batch for k in config.multiples], transform=_crops(config))
 
 
-def run_seed(config, seed, train, test, strategy, workdir):
-    """Every (k, variant) of one seed from the same initial weights."""
-    common.set_seed(seed)
-    with strategy.scope():
-        init = build_model(config, train.input_shape, train.num_classes).get_weights()
+def run_seed(setup, seed, workdir):
+    """Every (k, variant) of one seed from the same initial weights: {batch: {variant: run record}}."""
+    config, train = setup.config, setup.train
+    build = lambda: build_model(config, train.input_shape, train.num_classes)  # noqa: E731
+    init = runner.initial_weights(setup, build, seed)
     out = {"seed": seed}
     for multiple, variant in config.runs():
-        batch = multiple * config.base_batch
-        logdir = os.path.join(workdir, "tensorboard", f"seed{seed}", f"b{batch}_{variant}")
-        out.setdefault(str(batch), {})[variant] = run_one(config, init, train, test, strategy, multiple, variant,
-                                                          seed, logdir)
+        plan = make_plan(config, train.size, multiple, variant)
+        run = runner.Run(f"seed{seed}/b{plan.batch}_{variant}", plan, config.epochs, seed,
+                         {"multiple": multiple, "variant": variant, "lr_rule": plan.lr_rule,
+                          "warmup_epochs": plan.warmup_epochs}, max_physical_batch=config.max_physical_batch)
+        record, _ = runner.fit_and_evaluate(setup, run, build, workdir, init=init)
+        common.log("seed %d k=%d (batch %d) %s: LR %g, %d updates (accumulation %d): test accuracy %.2f%% (%.0f s)",
+                   seed, multiple, plan.batch, variant, record["learning_rate"], record["updates"],
+                   record["accumulation"], record["test_accuracy"], record["train_seconds"])
+        out.setdefault(str(plan.batch), {})[variant] = record
     return out
 
 
-def run(config, workdir):
-    """Runs the experiment of ``config``; writes results.json/results.md/PNGs/TensorBoard in ``workdir``."""
-    strategy = common.make_strategy(config)
-    train, test = _prepare(config, *common.load_data(config))
-    for k in config.multiples:
-        bstf.distribute.check_global_batch(k * config.base_batch, strategy)
-        if k * config.base_batch > train.size:
-            raise ValueError(f"batch {k * config.base_batch} (k={k}) is larger than the training set "
-                             f"({train.size} examples).")
+def execute(setup, workdir):
+    """Runs the prepared experiment; writes results.json/results.md/PNGs/TensorBoard in ``workdir``."""
+    config, train, test = setup.config, setup.train, setup.test
     common.log("Goyal: %s on %s (%d train, %d test), B0 %d, η0 %g, k %s, ablations at k %s, seeds %s",
                config.network, config.dataset, train.size, test.size, config.base_batch, config.base_lr,
                config.multiples, config.ablations_at, config.seeds)
-    runs = [run_seed(config, seed, train, test, strategy, workdir) for seed in config.seeds]
+    runs = [run_seed(setup, seed, workdir) for seed in config.seeds]
     summary = summarise(config, runs)
     pngs = _plots(config, summary, workdir)
     markdown = _markdown(config, summary, train, test)
-    with common.Board(os.path.join(workdir, "tensorboard", "summary")) as board:
-        board.images(pngs)
-        board.text("results", markdown)
-    return common.write_results(workdir, summary=summary, runs=runs, config=config, markdown=markdown,
-                                paper=_paper_json(), machine=common.machine_description())
+    runner.write_summary_board(workdir, pngs, markdown)
+    return report.write_results(workdir, summary=summary, runs=runs, config=config, markdown=markdown,
+                                paper=_paper_json())
+
+
+def run(config, workdir):
+    """:func:`prepare` then :func:`execute` (the testable whole experiment)."""
+    return execute(prepare(config), workdir)
+
+
+def _errors(entry):
+    """Goyal's quantities from a summary entry: top-1 errors (%), their std and curves."""
+    curves = entry["curves"]
+    return {"test_error": 100 - entry["test_accuracy"], "test_error_std": entry["test_accuracy_std"],
+            "test_error_per_seed": [100 - a for a in entry["test_accuracy_per_seed"]],
+            "train_error": 100 - entry["train_accuracy"],
+            "test_error_curve": [100 - a for a in curves["val_accuracy"]],
+            "train_error_curve": [100 - a for a in curves["accuracy"]]}
 
 
 def summarise(config, runs):
-    """{batch: {variant: mean results, ``test_error_std``, the paper's error}} over seeds."""
+    """{batch: {variant: :func:`runner.summarise` over seeds, Goyal's errors, the paper's error}}."""
     summary = {}
     for multiple, variant in config.runs():
         b = str(multiple * config.base_batch)
-        mean, std = common.aggregate([r[b][variant] for r in runs])
+        entry = runner.summarise([r[b][variant] for r in runs])
         paper = (PAPER.get(multiple) or {}).get(variant)
         summary.setdefault(b, {})[variant] = {
-            **{k: mean[k] for k in ("multiple", "batch_size", "learning_rate", "lr_rule", "warmup_epochs", "updates",
-                                    "accumulation", "test_error", "train_error", "test_error_curve",
-                                    "train_error_curve", "train_loss_curve", "examples", "wall_time_s")},
-            "test_error_std": std["test_error"],
-            "test_error_per_seed": [r[b][variant]["test_error"] for r in runs],
-            "paper_batch_size": multiple * PAPER_BASE_BATCH,
-            "paper_test_error": None if paper is None else paper[0],
-        }
+            **entry, **_errors(entry), "multiple": multiple, "paper_batch_size": multiple * PAPER_BASE_BATCH,
+            "paper_test_error": None if paper is None else paper[0]}
     return summary
 
 
@@ -363,7 +373,7 @@ def _plots(config, summary, workdir):
         curves[_LABELS[v]] = (xs, [summary[str(b)][v]["test_error"] for b in xs], {"marker": "x", "ls": "none",
                                                                                     "markersize": 9})
     curves[f"batch {config.base_batch} (baseline)"] = (batches, [main[0]] * len(batches), {"ls": ":", "color": "grey"})
-    paths.append(common.plot_curves(os.path.join(workdir, "error_vs_batch.png"), curves, xlabel="minibatch size",
+    paths.append(report.plot_curves(os.path.join(workdir, "error_vs_batch.png"), curves, xlabel="minibatch size",
                                     ylabel="test error (%)", logx=True,
                                     title="Test error vs minibatch size (Goyal et al. Fig. 1)"))
     big = config.ablations_at[-1] * config.base_batch
@@ -375,14 +385,14 @@ def _plots(config, summary, workdir):
         for v in ("linear_warmup",) + config.variants:
             r = summary[str(big)][v]
             curves[f"batch {big}, {_LABELS[v]}"] = (np.arange(1, len(r[key]) + 1), r[key])
-        paths.append(common.plot_curves(os.path.join(workdir, name), curves, xlabel="epoch", ylabel=ylabel,
+        paths.append(report.plot_curves(os.path.join(workdir, name), curves, xlabel="epoch", ylabel=ylabel,
                                         vlines=config.milestones, title=f"{ylabel.capitalize()} per epoch: "
                                         f"batch {config.base_batch} vs {big} (Goyal et al. Fig. 2)"))
     return paths
 
 
 def _err(r):
-    return common.pm(r["test_error"], r["test_error_std"] if r["test_error_std"] else None)
+    return report.pm(r["test_error"], r["test_error_std"] if r["test_error_std"] else None)
 
 
 def _markdown(config, summary, train, test):
@@ -399,7 +409,7 @@ def _markdown(config, summary, train, test):
                          f"{r['test_error'] - base['test_error']:+.2f}", r["paper_batch_size"],
                          "—" if paper is None else f"{paper:.2f}",
                          "—" if paper is None else f"{paper - PAPER[1]['linear_warmup'][0]:+.2f}"])
-    table = common.markdown_table(
+    table = report.markdown_table(
         ["batch", "k", "variant", "LR after warmup", "updates", "accum. × micro", "test error %", "Δ vs base",
          "paper batch", "paper error %", "paper Δ"], rows)
 
@@ -422,10 +432,11 @@ def _markdown(config, summary, train, test):
         f"# Goyal et al. (2017) — {config.network} on {config.dataset}",
         "",
         f"- command: `{config.command or 'python reproductions/goyal.py --preset=' + config.preset}`",
-        f"- preset: {config.preset}; machine: {common.machine_description()}",
+        f"- preset: {config.preset}{' (smoke run: generated data)' if config.smoke else ''}; machine: "
+        f"{report.machine_description()}",
         f"- data: {train.size} train / {test.size} test examples; B0 = {config.base_batch}, η0 = {config.base_lr:g}; "
         f"{config.epochs} epochs, LR ÷{config.factor:g} at epochs {list(config.milestones)}, warmup "
-        f"{config.warmup_epochs:g} epochs; SGD {'Nesterov ' if config.nesterov else ''}momentum {config.momentum:g}, "
+        f"{config.warmup_epochs:g} epochs; SGD {'Nesterov ' if config.nesterov else ''}momentum {config.base_momentum:g}, "
         f"weight decay {config.weight_decay:g} on kernels; physical batch ≤ {config.max_physical_batch} "
         "(larger batches accumulate); every run starts from the same initial weights; seeds "
         f"{list(config.seeds)}",
@@ -447,10 +458,5 @@ def _markdown(config, summary, train, test):
 
 
 # ----------------------------------------------------------------------------- main
-def main(argv):
-    common.check_no_args(argv)
-    run(common.config_from_flags(PRESETS, converters=CONVERTERS), common.workdir_from_flags("goyal"))
-
-
 if __name__ == "__main__":
-    app.run(main)
+    common.run_script("goyal", config_from_flags, prepare, execute)

@@ -11,16 +11,25 @@ and the 1-D parametric plot of the loss and accuracy along
 ``α·x_LB + (1 − α)·x_SB``, α ∈ [−1, 2] at 25 points (``bstf.analysis.interpolate``).
 Everything is repeated over ``--seeds``; the tables show mean ± std.
 
-Outputs in ``--workdir``: ``results.json`` (summary keyed by network, per-seed
-runs, config), ``results.md`` (our numbers beside the paper's Tables 2–4),
+Both runs of a seed go through the shared runner
+(:func:`reproductions.runner.fit_and_evaluate`: ``bstf.fit`` with a constant
+plan and ``keras.callbacks.EarlyStopping``, ``bstf.evaluate``, then the
+sharpness as the run's measurement).
+
+Outputs in ``--workdir``: ``results.json`` (``summary`` keyed by network, then
+regime: a :func:`reproductions.runner.summarise` entry plus the sharpness;
+``runs`` the per-seed run records with their sharpness and the
+interpolation), ``results.md`` (our numbers beside the paper's Tables 2–4),
 ``interpolation.png``, ``sharpness.png``, and TensorBoard logs of every run
-under ``tensorboard/`` (per-epoch scalars, hparams, final metrics, the PNGs).
+under ``tensorboard/seed<N>/<sb|lb>`` (bstf.fit's curves, hparams, final
+metrics; the PNGs and the table under ``tensorboard/summary``).
 
 Run::
 
     python reproductions/keskar.py --workdir=/tmp/keskar                   # quick preset, CPU
     python reproductions/keskar.py --preset=paper --network=C1 \
         --data_dir=$HOME/tensorflow_datasets --strategy=mirrored --workdir=/tmp/keskar_c1
+    python reproductions/keskar.py --preset=paper --network=C2 --smoke --workdir=/tmp/keskar_smoke   # CPU
 
 See docs/reproductions/keskar.md.
 """
@@ -28,6 +37,7 @@ See docs/reproductions/keskar.md.
 import dataclasses
 import os
 import sys
+import time
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,7 +48,7 @@ from absl import app, flags  # noqa: E402
 
 import bstf  # noqa: E402
 import bstf.analysis  # noqa: E402
-from reproductions import common, networks  # noqa: E402
+from reproductions import common, networks, report, runner  # noqa: E402
 
 common.define_flag("enum", "network", None, list(networks.NAMES),
                   "Network (default: the preset's). With --preset=paper the data set follows it (F1: "
@@ -102,7 +112,7 @@ class KeskarConfig(common.Config):
       sb_batch: small batch (256 in the paper).
       lb_fraction: large batch as a fraction of the training set (0.1);
         ``lb_batch`` sets it explicitly instead.
-      learning_rate: ADAM's learning rate (Keras default 1e-3, as the authors' code).
+      base_lr: ADAM's learning rate (Keras default 1e-3, as the authors' code; the plan's ``base_lr``).
       patience, min_delta: stop when the epoch's training loss has not improved
         by ``min_delta`` for ``patience`` epochs ("until the loss stops improving").
       epsilons: box sizes ε of the sharpness.
@@ -110,7 +120,6 @@ class KeskarConfig(common.Config):
       sharpness_iterations: L-BFGS-B iterations (10).
       sharpness_examples: training examples in f of the sharpness (None: all).
       alphas: (first, last, points) of the parametric plot (−1, 2, 25).
-      eval_batch: batch size for evaluation passes.
     """
 
     network: str = "F1-small"
@@ -118,7 +127,7 @@ class KeskarConfig(common.Config):
     sb_batch: int = 256
     lb_fraction: float = 0.1
     lb_batch: int = None
-    learning_rate: float = 1e-3
+    base_lr: float = 1e-3
     patience: int = 10
     min_delta: float = 1e-4
     epsilons: tuple = (1e-3, 5e-4)
@@ -126,7 +135,6 @@ class KeskarConfig(common.Config):
     sharpness_iterations: int = 10
     sharpness_examples: int = None
     alphas: tuple = (-1.0, 2.0, 25)
-    eval_batch: int = 1024
 
     def __post_init__(self):
         super().__post_init__()
@@ -134,19 +142,18 @@ class KeskarConfig(common.Config):
             raise ValueError(f"network must be one of {networks.NAMES}, got {self.network!r}.")
         if self.compared_network not in PAPER:
             raise ValueError(f"paper_network must be one of {sorted(PAPER)}, got {self.compared_network!r}.")
-        common._check_int("sb_batch", self.sb_batch)
-        common._check_int("lb_batch", self.lb_batch, optional=True)
+        common.check_int("sb_batch", self.sb_batch)
+        common.check_int("lb_batch", self.lb_batch, optional=True)
         if not 0 < self.lb_fraction <= 1:
             raise ValueError(f"lb_fraction must be in (0, 1], got {self.lb_fraction}.")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
-        common._check_int("patience", self.patience)
+        common.check_positive("base_lr", self.base_lr)
+        common.check_int("patience", self.patience)
         if not self.epsilons or any(not e > 0 for e in self.epsilons):
             raise ValueError(f"epsilons must be a non-empty tuple of numbers > 0, got {self.epsilons!r}.")
         object.__setattr__(self, "epsilons", tuple(float(e) for e in self.epsilons))
-        common._check_int("subspace_dim", self.subspace_dim)
-        common._check_int("sharpness_iterations", self.sharpness_iterations)
-        common._check_int("sharpness_examples", self.sharpness_examples, optional=True)
+        common.check_int("subspace_dim", self.subspace_dim)
+        common.check_int("sharpness_iterations", self.sharpness_iterations)
+        common.check_int("sharpness_examples", self.sharpness_examples, optional=True)
         if len(self.alphas) != 3 or not self.alphas[0] < self.alphas[1] or int(self.alphas[2]) < 2:
             raise ValueError(f"alphas must be (first, last, points) with first < last and points >= 2, "
                              f"got {self.alphas!r}.")
@@ -188,7 +195,47 @@ def paper():
                         epochs=200, patience=10)
 
 
-PRESETS = {"quick": quick, "paper": paper}
+def tiny():
+    """Tiny preset: seconds, for tests (C1-small on 256 digit images, 2 epochs, small sharpness budget).
+
+    ``python reproductions/keskar.py --preset=tiny --workdir=/tmp/keskar_tiny``
+    """
+    return KeskarConfig(preset="tiny", dataset="digits", network="C1-small", train_examples=256, test_examples=128,
+                        seeds=(0,), epochs=2, sb_batch=32, lb_fraction=0.25, subspace_dim=4, sharpness_iterations=2,
+                        sharpness_examples=64, alphas=(-1.0, 2.0, 4), patience=1)
+
+
+PRESETS = {"quick": quick, "paper": paper, "tiny": tiny}
+
+# The paper networks' data: (input shape, classes, training-set size) — TIMIT's frame count for F2 is not
+# in the paper; 60000 is used — and how much --smoke divides the batches and the training set by.
+PAPER_SHAPES = {"F1": ((28, 28, 1), 10, 60000), "F2": ((360,), 1973, 60000), "C1": ((32, 32, 3), 10, 50000),
+                "C2": ((32, 32, 3), 10, 50000), "C3": ((32, 32, 3), 100, 50000), "C4": ((32, 32, 3), 100, 50000)}
+SMOKE_SCALE = {"F1": 1, "F2": 1, "C1": 8, "C2": 32, "C3": 8, "C4": 32}
+
+
+def smoke(config):
+    """The paper config as a smoke run of ``--network``: generated data of the paper's shape, a few updates.
+
+    ``python reproductions/keskar.py --preset=paper --network=C2 --smoke --workdir=/tmp/keskar_smoke``
+
+    The network at its real input shape and classes (:data:`PAPER_SHAPES`); SB,
+    the training set (so LB = 10 % of it) and the physical batch 512 ÷
+    :data:`SMOKE_SCALE` (1 for the MLPs: SB 256 and LB 6000 as in the paper, LB
+    accumulated from micro-batches of at most 512); 0.2 epochs (two LB
+    updates, ~47 SB updates); the sharpness with the paper's ε and 100-d
+    subspace but 2 L-BFGS-B iterations on 256 examples; 3 points of the
+    parametric plot; one seed.
+    """
+    if config.network not in PAPER_SHAPES:
+        raise ValueError(f"--smoke runs a paper network ({sorted(PAPER_SHAPES)}), got --network={config.network}.")
+    shape, classes, size = PAPER_SHAPES[config.network]
+    s = SMOKE_SCALE[config.network]
+    return dataclasses.replace(
+        config, dataset=common.GENERATED, dataset_kwargs=dict(input_shape=shape, num_classes=classes,
+                                                              train_size=size // s, test_size=256),
+        test_split="test", sb_batch=config.sb_batch // s, max_physical_batch=512 // s, epochs=0.2, seeds=(0,),
+        sharpness_iterations=2, sharpness_examples=256, alphas=(-1.0, 2.0, 3), eval_batch=512, smoke=True)
 
 
 # Offline data of the quick preset's networks: the MLP on MNIST-1D, the conv net on 8×8 digit images.
@@ -197,14 +244,15 @@ QUICK_DATA = {**{n: ("mnist1d", {}) for n in ("F1", "F2", "F1-small")},
 
 
 def config_from_flags(flag_values=flags.FLAGS, argv=None):
-    """The preset's config with the command-line flags applied.
+    """The preset's config with the command-line flags applied (``--smoke``: :func:`smoke`).
 
-    Unless ``--dataset`` is given, the data set follows ``--network``: the
-    paper preset uses the paper's data (:data:`networks.PAPER_DATA`), the
-    quick preset the offline data of :data:`QUICK_DATA`.
+    Unless ``--dataset`` (or ``--smoke``) is given, the data set follows
+    ``--network``: the paper preset uses the paper's data
+    (:data:`networks.PAPER_DATA`), the quick preset the offline data of
+    :data:`QUICK_DATA`.
     """
-    config = common.config_from_flags(PRESETS, flag_values=flag_values, argv=argv)
-    if flag_values["dataset"].present:
+    config = common.config_from_flags(PRESETS, smoke=smoke, flag_values=flag_values, argv=argv)
+    if flag_values["dataset"].present or config.smoke or config.preset == "tiny":
         return config
     if config.preset == "paper":
         data = networks.PAPER_DATA.get(config.network)
@@ -220,39 +268,43 @@ def config_from_flags(flag_values=flags.FLAGS, argv=None):
 
 
 # ----------------------------------------------------------------------------- the experiment
-def batch_sizes(config, train_size, strategy=None):
-    """(SB, LB) for a training set of ``train_size`` examples (LB = lb_batch or round(lb_fraction·N))."""
+def batch_sizes(config, train_size, strategy):
+    """(SB, LB) for a training set of ``train_size`` examples (LB = lb_batch or round(lb_fraction·N)).
+
+    LB is rounded down to a multiple of the replicas; both are checked against the strategy, the physical
+    batch and the training set.
+    """
     lb = config.lb_batch or max(1, int(round(config.lb_fraction * train_size)))
-    replicas = (strategy or common.make_strategy(config)).num_replicas_in_sync
-    lb -= lb % replicas  # a global batch must split evenly over the replicas
+    lb -= lb % strategy.num_replicas_in_sync  # a global batch must split evenly over the replicas
     for name, b in (("sb_batch", config.sb_batch), ("lb_batch", lb)):
-        bstf.distribute.check_global_batch(b, strategy)
-        if b > train_size:
-            raise ValueError(f"{name} {b} is larger than the training set ({train_size} examples).")
+        try:
+            common.check_batch(b, train_size, strategy, config.max_physical_batch)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
     return config.sb_batch, lb
 
 
-def _build(config, data, strategy, weights=None):
-    with strategy.scope():
-        model = networks.build(config.network, data.input_shape, data.num_classes)
-        if weights is not None:
-            model.set_weights(weights)
-        common.compile_classifier(model, keras.optimizers.Adam(config.learning_rate))
-    return model
+def build_model(config, data):
+    """The config's network compiled with ADAM (its learning rate comes from the plan)."""
+    model = networks.build(config.network, data.input_shape, data.num_classes)
+    return runner.compile_classifier(model, keras.optimizers.Adam(config.base_lr), config.jit_compile)
 
 
-def _measure(config, model, train, test, seed):
-    """Accuracy (%), losses and sharpness of a trained model."""
-    tr, te = common.evaluate(model, train, config.eval_batch), common.evaluate(model, test, config.eval_batch)
-    out = {"train_accuracy": 100 * tr["accuracy"], "test_accuracy": 100 * te["accuracy"],
-           "train_loss": tr["loss"], "test_loss": te["loss"], "sharpness": {}, "sharpness_subspace": {}}
-    for eps in config.epsilons:
-        for key, dim in (("sharpness", None), ("sharpness_subspace", config.subspace_dim)):
-            res = bstf.analysis.sharpness(model, train, epsilon=eps, subspace_dim=dim,
-                                          max_iter=config.sharpness_iterations, seed=seed,
-                                          num_examples=config.sharpness_examples, batch_size=config.eval_batch)
-            out[key][str(eps)] = float(res.sharpness)
-    return out
+def _sharpness(config, train, seed):
+    """``measure(model)``: Keskar's sharpness φ at every ε, full space and random subspace."""
+    def measure(model):
+        out = {"sharpness": {}, "sharpness_subspace": {}}
+        start = time.perf_counter()
+        for eps in config.epsilons:
+            for key, dim in (("sharpness", None), ("sharpness_subspace", config.subspace_dim)):
+                res = bstf.analysis.sharpness(model, train, epsilon=eps, subspace_dim=dim,
+                                              max_iter=config.sharpness_iterations, seed=seed,
+                                              num_examples=config.sharpness_examples, batch_size=config.eval_batch)
+                out[key][str(eps)] = float(res.sharpness)
+        out["sharpness_seconds"] = time.perf_counter() - start
+        return out
+
+    return measure
 
 
 def _interpolation(config, model, weights_sb, weights_lb, train, test):
@@ -273,63 +325,62 @@ def _interpolation(config, model, weights_sb, weights_lb, train, test):
     return out
 
 
-def run_seed(config, seed, train, test, sb, lb, strategy, workdir):
+def prepare(config):
+    """Strategy and data of ``config``; SB and LB checked before training."""
+    setup = common.prepare(config)
+    batch_sizes(config, setup.train.size, setup.strategy)
+    return setup
+
+
+def run_seed(setup, seed, workdir):
     """Trains SB and LB from the same initial weights; returns the per-seed results."""
-    common.set_seed(seed)
-    init = _build(config, train, strategy).get_weights()
+    config, train, test = setup.config, setup.train, setup.test
+    build = lambda: build_model(config, train)  # noqa: E731
+    init = runner.initial_weights(setup, build, seed)
     result = {"seed": seed}
     trained = {}
-    for regime, batch in zip(REGIMES, (sb, lb)):
-        common.set_seed(seed)
-        model = _build(config, train, strategy, init)
-        logdir = os.path.join(workdir, "tensorboard", f"seed{seed}", regime)
+    for regime, batch in zip(REGIMES, batch_sizes(config, train.size, setup.strategy)):
         stop = keras.callbacks.EarlyStopping(monitor="loss", patience=config.patience, min_delta=config.min_delta)
-        stats = {}
-        with common.timer(stats, "train_seconds"):
-            history = common.history_dict(common.train(
-                model, train, config.epochs, learning_rate=config.learning_rate, batch_size=batch,
-                strategy=strategy, callbacks=[stop], logdir=logdir, seed=seed, verbose=0))
-        with common.timer(stats, "measure_seconds"):
-            measured = _measure(config, model, train, test, seed)
-        result[regime] = {"batch_size": batch, "epochs": len(history.get("loss", [])), **measured, **stats}
-        trained[regime] = model
-        common.log("seed %d %s (batch %d): %d epochs, train %.2f%% test %.2f%%, sharpness %s", seed,
-                   regime.upper(), batch, result[regime]["epochs"], measured["train_accuracy"],
-                   measured["test_accuracy"], measured["sharpness"])
-        with common.Board(logdir) as board:
-            board.hparams(
-                {"network": config.network, "dataset": config.dataset, "regime": regime, "batch_size": batch,
-                 "learning_rate": config.learning_rate, "seed": seed},
-                {"final/train_accuracy": measured["train_accuracy"], "final/test_accuracy": measured["test_accuracy"],
-                 **{f"final/sharpness_{k}": v for k, v in measured["sharpness"].items()},
-                 **{f"final/sharpness_subspace_{k}": v for k, v in measured["sharpness_subspace"].items()}},
-                trial_id=f"seed{seed}/{regime}")
+        plan = bstf.NoiseScalePlan(train.size, config.base_lr, batch, base_momentum=0.0)
+        run = runner.Run(f"seed{seed}/{regime}", plan, config.epochs, seed,
+                         {"network": config.network, "regime": regime}, callbacks=(stop,),
+                         max_physical_batch=config.max_physical_batch)
+        record, trained[regime] = runner.fit_and_evaluate(setup, run, build, workdir, init=init,
+                                                          measure=_sharpness(config, train, seed))
+        result[regime] = record
+        common.log("seed %d %s (batch %d): %g epochs, train %.2f%% test %.2f%%, sharpness %s", seed,
+                   regime.upper(), batch, record["epochs"], record["train_accuracy"], record["test_accuracy"],
+                   record["sharpness"])
     result["interpolation"] = _interpolation(config, trained["lb"], trained["sb"].get_weights(),
                                              trained["lb"].get_weights(), train, test)
     return result
 
 
-def run(config, workdir):
-    """Runs the experiment of ``config``; writes results.json/results.md/PNGs/TensorBoard in ``workdir``."""
-    strategy = common.make_strategy(config)
-    train, test = common.load_data(config)
-    sb, lb = batch_sizes(config, train.size, strategy)
+def execute(setup, workdir):
+    """Runs the prepared experiment; writes results.json/results.md/PNGs/TensorBoard in ``workdir``."""
+    config, train, test = setup.config, setup.train, setup.test
+    sb, lb = batch_sizes(config, train.size, setup.strategy)
     common.log("Keskar: %s on %s (%d train, %d test), SB=%d LB=%d, seeds %s", config.network, config.dataset,
                train.size, test.size, sb, lb, config.seeds)
-    runs = [run_seed(config, seed, train, test, sb, lb, strategy, workdir) for seed in config.seeds]
-    means, stds = common.aggregate([{r: run[r] for r in REGIMES} for run in runs])
-    summary = {config.network: {r: {**means[r], "std": {k: stds[r][k] for k in
-                                                         ("train_accuracy", "test_accuracy", "sharpness",
-                                                          "sharpness_subspace")}}
-                                for r in REGIMES}}
+    runs = [run_seed(setup, seed, workdir) for seed in config.seeds]
+    summary = {config.network: {r: _summarise([run[r] for run in runs]) for r in REGIMES}}
     pngs = _plots(config, runs, workdir)
     markdown = _markdown(config, runs, train, test, sb, lb)
-    with common.Board(os.path.join(workdir, "tensorboard", "summary")) as board:
-        board.images(pngs)
-        board.text("results", markdown)
-    return common.write_results(workdir, summary=summary, runs=runs, config=config, markdown=markdown,
-                                paper={config.compared_network: PAPER[config.compared_network]},
-                                machine=common.machine_description())
+    runner.write_summary_board(workdir, pngs, markdown)
+    return report.write_results(workdir, summary=summary, runs=runs, config=config, markdown=markdown,
+                                paper={config.compared_network: PAPER[config.compared_network]})
+
+
+def run(config, workdir):
+    """:func:`prepare` then :func:`execute` (the testable whole experiment)."""
+    return execute(prepare(config), workdir)
+
+
+def _summarise(records):
+    """:func:`runner.summarise` of one regime over seeds, with the sharpness' std."""
+    entry = runner.summarise(records)
+    _, stds = report.aggregate([{k: r[k] for k in ("sharpness", "sharpness_subspace")} for r in records])
+    return {**entry, "sharpness_std": stds["sharpness"], "sharpness_subspace_std": stds["sharpness_subspace"]}
 
 
 # ----------------------------------------------------------------------------- report
@@ -337,7 +388,7 @@ def _plots(config, runs, workdir):
     interp = [r["interpolation"] for r in runs]
     alpha = interp[0]["alpha"]
     mean = {k: np.mean([i[k] for i in interp], axis=0) for k in interp[0] if k != "alpha"}
-    path_i = common.plot_curves(
+    path_i = report.plot_curves(
         os.path.join(workdir, "interpolation.png"),
         {"train loss": (alpha, mean["train_loss"], {"color": "tab:blue"}),
          "test loss": (alpha, mean["test_loss"], {"color": "tab:blue", "ls": "--"})},
@@ -350,8 +401,8 @@ def _plots(config, runs, workdir):
     for key, label in (("sharpness", "full"), ("sharpness_subspace", f"{config.subspace_dim}-d")):
         for eps in config.epsilons:
             groups[f"{label}, ε={eps:g}"] = {
-                r.upper(): common.mean_std([run[r][key][str(eps)] for run in runs]) for r in REGIMES}
-    path_s = common.plot_bars(os.path.join(workdir, "sharpness.png"), groups, ylabel="sharpness φ", logy=True,
+                r.upper(): report.mean_std([run[r][key][str(eps)] for run in runs]) for r in REGIMES}
+    path_s = report.plot_bars(os.path.join(workdir, "sharpness.png"), groups, ylabel="sharpness φ", logy=True,
                               title=f"{config.network}: sharpness of SB and LB minimisers ({len(runs)} seeds)")
     return [path_i, path_s]
 
@@ -364,15 +415,15 @@ _NAN_NOTE = "Non-finite losses (nan) mean the network's outputs overflowed at th
 
 
 def _pm_paper(v):
-    return None if v is None else common.pm(*v)
+    return None if v is None else report.pm(*v)
 
 
 def _pm_sig(values, figures=3):
     """mean ± std of per-seed values with about ``figures`` significant digits (sharpness spans decades)."""
-    mean, std = common.mean_std(values)
+    mean, std = report.mean_std(values)
     digits = 2 if abs(mean) >= 10 ** (figures - 1) or mean == 0 else max(
         2, figures - 1 - int(np.floor(np.log10(abs(mean)))))
-    return common.pm(mean, std if len(values) > 1 else None, digits=min(digits, 8))
+    return report.pm(mean, std if len(values) > 1 else None, digits=min(digits, 8))
 
 
 def _markdown(config, runs, train, test, sb, lb):
@@ -392,7 +443,7 @@ def _markdown(config, runs, train, test, sb, lb):
             for r in REGIMES:
                 p = paper[r][key].get(str(eps))
                 rows.append((f"{r.upper()} {label}, ε={eps:g}", _pm_sig(vals(r, key, eps)), _pm_paper(p)))
-    table = common.comparison_table(rows, ours=f"ours ({config.network}, {n} seed{'s' if n > 1 else ''})",
+    table = report.comparison_table(rows, ours=f"ours ({config.network}, {n} seed{'s' if n > 1 else ''})",
                                     paper=f"Keskar et al. ({config.compared_network})")
 
     eps0 = str(config.epsilons[0])
@@ -404,10 +455,10 @@ def _markdown(config, runs, train, test, sb, lb):
         worse = run["lb"]["test_accuracy"] <= run["sb"]["test_accuracy"]
         if not (sharper and worse):
             disagree.append(run["seed"])
-        seed_rows.append([run["seed"], run["sb"]["epochs"], run["lb"]["epochs"], run["sb"]["test_accuracy"],
+        seed_rows.append([run["seed"], f"{run['sb']['epochs']:g}", f"{run['lb']['epochs']:g}", run["sb"]["test_accuracy"],
                           run["lb"]["test_accuracy"], f"{s_sb:.3g}", f"{s_lb:.3g}", f"{ratio:.1f}×",
                           "yes" if sharper and worse else "**no**"])
-    per_seed = common.markdown_table(
+    per_seed = report.markdown_table(
         ["seed", "SB epochs", "LB epochs", "SB test %", "LB test %", f"SB φ(ε={eps0})", f"LB φ(ε={eps0})",
          "LB/SB φ", "paper's direction"], seed_rows)
 
@@ -442,9 +493,10 @@ def _markdown(config, runs, train, test, sb, lb):
         f"# Keskar et al. (2017) — {config.network} on {config.dataset}",
         "",
         f"- command: `{config.command or 'python reproductions/keskar.py --preset=' + config.preset}`",
-        f"- preset: {config.preset}; machine: {common.machine_description()}",
+        f"- preset: {config.preset}{' (smoke run: generated data)' if config.smoke else ''}; machine: "
+        f"{report.machine_description()}",
         f"- data: {train.size} train / {test.size} test examples; SB = {sb}, LB = {lb} "
-        f"({100 * lb / train.size:.0f} % of the training set); ADAM lr {config.learning_rate:g}; early stopping "
+        f"({100 * lb / train.size:.0f} % of the training set); ADAM lr {config.base_lr:g}; early stopping "
         f"on the training loss (patience {config.patience}, min_delta {config.min_delta:g}, at most "
         f"{config.epochs} epochs); SB and LB start from the same initial weights",
         f"- sharpness: {config.sharpness_iterations} L-BFGS-B iterations on "
@@ -471,7 +523,7 @@ def _markdown(config, runs, train, test, sb, lb):
         "held at the nearer minimiser's values outside it.",
         "",
         *([_NAN_NOTE, ""] if not np.all(np.isfinite(interp["train_loss"] + interp["test_loss"])) else []),
-        common.markdown_table(
+        report.markdown_table(
             ["α", "train loss", "test loss", "train acc %", "test acc %"],
             [[f"{a:.2f}", interp["train_loss"][i], interp["test_loss"][i], 100 * interp["train_accuracy"][i],
               100 * interp["test_accuracy"][i]]
@@ -482,10 +534,5 @@ def _markdown(config, runs, train, test, sb, lb):
 
 
 # ----------------------------------------------------------------------------- main
-def main(argv):
-    common.check_no_args(argv)
-    run(config_from_flags(), common.workdir_from_flags("keskar"))
-
-
 if __name__ == "__main__":
-    app.run(main)
+    common.run_script("keskar", config_from_flags, prepare, execute)

@@ -1,6 +1,6 @@
 r"""Smith, Kindermans, Ying & Le (2017): don't decay the learning rate, increase the batch size.
 
-SGD's noise scale g = εN/(B(1 − m)) (ε LR, N training examples, B batch, m
+SGD's noise g = εN/(B(1 − m)) (Smith et al.'s "noise scale"; bstf calls it the SGD noise) (ε LR, N training examples, B batch, m
 momentum) falls by ``factor`` at each milestone of a step-decay schedule.
 One :class:`bstf.NoiseScalePlan` holds that g-schedule and realises it as
 
@@ -16,26 +16,30 @@ and two rescalings of ``increase_batch`` that keep g while cutting updates:
   (B ∝ 1/(1 − m); the paper notes slightly lower accuracy).
 
 Every schedule trains the same network from the same initial weights for the
-same number of epochs with ``bstf.fit`` (batches above ``max_physical_batch``
-accumulate). We report final test accuracy, the number of parameter updates
-(``history.updates``, equal to ``plan.total_updates(epochs)``) and wall
-clock, and plot test accuracy against epochs (the schedules overlap) and
-against updates (increasing the batch needs far fewer).
+same number of epochs through the shared runner
+(:func:`reproductions.runner.fit_and_evaluate`: ``bstf.fit``, batches above
+``max_physical_batch`` accumulate, then ``bstf.evaluate``). We report final
+test accuracy, the number of parameter updates (equal to
+``plan.total_updates(epochs)``) and ``train_seconds``, and plot test accuracy
+against epochs (the schedules overlap) and against updates (increasing the
+batch needs far fewer).
 
 Outputs in ``--workdir``: ``results.json`` (``summary`` keyed by schedule —
 ``decay_lr``, ``hybrid``, ``increase_batch``, ``scaled_lr_batch``,
-``increase_momentum`` — each with ``test_accuracy``, ``updates``,
-``wall_time_s``), ``results.md`` (beside the paper's outcomes),
+``increase_momentum`` — each a :func:`reproductions.runner.summarise` entry
+plus ``planned_updates`` and ``paper_updates``; ``runs`` the per-seed run
+records), ``results.md`` (beside the paper's outcomes),
 ``accuracy_vs_epochs.png``, ``accuracy_vs_updates.png`` (Fig. 2 style),
 ``schedules.png`` (LR, batch, momentum and g per epoch), and TensorBoard logs
-under ``tensorboard/<schedule>`` (bstf.fit logs against examples seen, so all
-schedules share one axis).
+under ``tensorboard/seed<N>/<schedule>`` (bstf.fit logs against examples seen,
+so all schedules share one axis).
 
 Run::
 
     python reproductions/smith.py --workdir=/tmp/smith                     # quick preset, CPU, minutes
     python reproductions/smith.py --preset=paper --data_dir=$HOME/tensorflow_datasets \
         --strategy=mirrored --workdir=/tmp/smith_cifar10                   # WRN-16-4 / CIFAR-10
+    python reproductions/smith.py --preset=paper --smoke --workdir=/tmp/smith_smoke   # WRN-16-4, CPU, minutes
 
 See docs/reproductions/smith.md.
 """
@@ -49,10 +53,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app  # noqa: E402
 
 import bstf  # noqa: E402
-from reproductions import common, resnets  # noqa: E402
+from reproductions import common, report, resnets, runner  # noqa: E402
 
 SCHEDULES = ("decay_lr", "hybrid", "increase_batch", "scaled_lr_batch", "increase_momentum")
 MAIN_SCHEDULES = SCHEDULES[:3]
@@ -61,7 +64,6 @@ common.define_flag("list", "schedules", None, "Schedules to train (default: all 
 common.define_flag("float", "base_lr", None, "Initial LR ε (default: the preset's; 0.1 in the paper).")
 common.define_flag("integer", "base_batch", None, "Initial batch B (default: the preset's; 128 in the paper).")
 common.define_flag("integer", "max_batch", None, "Largest batch of the plans (default: the preset's; 5120 in the paper).")
-common.define_flag("integer", "max_physical_batch", None, "Largest batch fed at once; larger ones accumulate.")
 
 # ----------------------------------------------------------------------------- the paper's outcomes
 # Smith et al. report these as curves (Fig. 2, 3, 5) and statements, not tables; the update counts of the
@@ -81,9 +83,11 @@ PAPER_RECIPE = dict(train_size=50_000, base_lr=0.1, base_batch=128, base_momentu
 class SmithConfig(common.Config):
     """Configuration of the Smith reproduction (fields beyond :class:`common.Config`).
 
+    The plan's fields use :class:`bstf.NoiseScalePlan`'s ``get_config`` names.
+
     Attributes:
       network: ``"small_resnet"`` (``width``, ``stages``, ``blocks``) or ``"wrn"`` (``depth``, ``widen``).
-      base_lr, base_batch, momentum: ε, B and m of the first phase (0.1, 128, 0.9 in the paper).
+      base_lr, base_batch, base_momentum: ε, B and m of the first phase (0.1, 128, 0.9 in the paper).
       milestones, factor: g ÷ ``factor`` at these epochs (60, 120, 160 and 5 in the paper).
       max_batch: largest batch of the plans (5120 for CIFAR in the paper).
       hybrid_lr_milestones: how many leading milestones the hybrid realises by decaying ε.
@@ -92,9 +96,7 @@ class SmithConfig(common.Config):
       schedules: the schedules trained (subset of :data:`SCHEDULES`; the three main ones by default plus
         the two rescalings).
       weight_decay: L2 on kernels (5e-4 in the paper, the WRN default).
-      max_physical_batch: largest batch fed at once (bigger batches accumulate; None: never).
       augment: CIFAR augmentation (pad-4 random crop and flip) and standardisation of 32×32×3 images.
-      eval_batch: batch of evaluation passes.
     """
 
     network: str = "small_resnet"
@@ -105,7 +107,7 @@ class SmithConfig(common.Config):
     widen: int = 4
     base_lr: float = 0.05
     base_batch: int = 16
-    momentum: float = 0.9
+    base_momentum: float = 0.9
     milestones: tuple = (5, 10, 15)
     factor: float = 5.0
     max_batch: int = 640
@@ -114,39 +116,35 @@ class SmithConfig(common.Config):
     target_momentum: float = 0.98
     schedules: tuple = SCHEDULES
     weight_decay: float = 5e-4
-    max_physical_batch: int = 512
     augment: bool = False
+    max_physical_batch: int = 512
     eval_batch: int = 1000
 
     def __post_init__(self):
         super().__post_init__()
         if self.network not in ("small_resnet", "wrn"):
             raise ValueError(f"network must be 'small_resnet' or 'wrn', got {self.network!r}.")
-        for name in ("width", "stages", "blocks", "depth", "widen", "base_batch", "max_batch", "eval_batch"):
-            common._check_int(name, getattr(self, name))
-        common._check_int("max_physical_batch", self.max_physical_batch, optional=True)
-        common._check_int("hybrid_lr_milestones", self.hybrid_lr_milestones, low=0)
+        for name in ("width", "stages", "blocks", "depth", "widen", "base_batch", "max_batch"):
+            common.check_int(name, getattr(self, name))
+        common.check_int("hybrid_lr_milestones", self.hybrid_lr_milestones, low=0)
         schedules = tuple(self.schedules)
         if not schedules or any(s not in SCHEDULES for s in schedules) or len(set(schedules)) != len(schedules):
             raise ValueError(f"schedules must be distinct names from {SCHEDULES}, got {self.schedules!r}.")
         object.__setattr__(self, "schedules", schedules)
         object.__setattr__(self, "milestones", tuple(self.milestones))
-        if not self.base_lr > 0:
-            raise ValueError(f"base_lr must be > 0, got {self.base_lr}.")
-        for name in ("momentum", "target_momentum"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
-        if not self.scale > 0:
-            raise ValueError(f"scale must be > 0, got {self.scale}.")
+        common.check_positive("base_lr", self.base_lr)
+        common.check_fraction("base_momentum", self.base_momentum)
+        common.check_fraction("target_momentum", self.target_momentum)
+        common.check_positive("scale", self.scale)
         if self.max_batch < self.base_batch:
             raise ValueError(f"max_batch ({self.max_batch}) must be >= base_batch ({self.base_batch}).")
         # The plan validates the milestones and the factor: build one to fail early.
-        bstf.NoiseScalePlan(1, self.base_lr, self.base_batch, base_momentum=self.momentum,
+        bstf.NoiseScalePlan(1, self.base_lr, self.base_batch, base_momentum=self.base_momentum,
                             milestones=self.milestones, factor=self.factor)
 
     def base_plan(self, train_size, mode="decay_lr"):
         """The g-schedule as a :class:`bstf.NoiseScalePlan` realised by ``mode``."""
-        return bstf.NoiseScalePlan(train_size, self.base_lr, self.base_batch, base_momentum=self.momentum,
+        return bstf.NoiseScalePlan(train_size, self.base_lr, self.base_batch, base_momentum=self.base_momentum,
                                    milestones=tuple(m for m in self.milestones if m < self.epochs),
                                    factor=self.factor, mode=mode, max_batch=self.max_batch,
                                    hybrid_lr_milestones=self.hybrid_lr_milestones)
@@ -179,17 +177,53 @@ def paper():
     (beyond it, accumulation; BN statistics per 512-example micro-batch — the
     paper uses ghost batch norm over 128).
     """
+    r = PAPER_RECIPE
     return SmithConfig(preset="paper", dataset="tfds:cifar10", network="wrn", depth=16, widen=4,
-                       base_lr=PAPER_RECIPE["base_lr"], base_batch=PAPER_RECIPE["base_batch"],
-                       momentum=PAPER_RECIPE["base_momentum"], milestones=PAPER_RECIPE["milestones"],
-                       factor=PAPER_RECIPE["factor"], max_batch=PAPER_RECIPE["max_batch"],
-                       scale=PAPER_RECIPE["scale"], target_momentum=PAPER_RECIPE["target_momentum"],
-                       weight_decay=5e-4, max_physical_batch=512, augment=True, seeds=(0,),
-                       epochs=PAPER_RECIPE["epochs"])
+                       base_lr=r["base_lr"], base_batch=r["base_batch"], base_momentum=r["base_momentum"],
+                       milestones=r["milestones"], factor=r["factor"], max_batch=r["max_batch"], scale=r["scale"],
+                       target_momentum=r["target_momentum"], weight_decay=5e-4, max_physical_batch=512, augment=True,
+                       seeds=(0,), epochs=r["epochs"])
 
 
-PRESETS = {"quick": quick, "paper": paper}
+def tiny():
+    """Tiny preset: seconds, for tests (the pipeline end to end, two schedules, accumulation).
+
+    ``python reproductions/smith.py --preset=tiny --workdir=/tmp/smith_tiny``
+    """
+    return SmithConfig(preset="tiny", dataset="mnist1d", dataset_kwargs={"num_samples": 500}, width=4, stages=2,
+                       base_batch=8, milestones=(1, 2), epochs=3, max_batch=64, max_physical_batch=16, scale=2,
+                       target_momentum=0.95, schedules=("decay_lr", "increase_batch"), eval_batch=100)
+
+
+PRESETS = {"quick": quick, "paper": paper, "tiny": tiny}
 CONVERTERS = {"schedules": tuple}
+SMOKE_SCALE = 32
+"""``--smoke`` divides the paper's global and physical batches by this (the accumulation factors stay)."""
+
+
+def smoke(config):
+    """The paper config as a smoke run: WRN-16-4 on generated 32×32×3 images, every schedule, 4 epochs.
+
+    ``python reproductions/smith.py --preset=paper --smoke --workdir=/tmp/smith_smoke``
+
+    The paper's batches ÷ :data:`SMOKE_SCALE` (B 128 → 4, max batch 5120 → 160,
+    physical 512 → 16: the 5120 phase accumulates 10 micro-batches, as in the
+    paper), its milestones compressed to epochs 1, 2, 3 of 4 (every phase of every
+    schedule runs), CIFAR augmentation on, a training set as large as the
+    largest batch (each epoch has at least one update at it).
+    """
+    s = SMOKE_SCALE
+    config = dataclasses.replace(config, base_batch=config.base_batch // s, max_batch=config.max_batch // s,
+                                 max_physical_batch=config.max_physical_batch // s, milestones=(1, 2, 3), epochs=4,
+                                 seeds=(0,), eval_batch=64, smoke=True)
+    n = max(make_plan(config, 10 ** 6, schedule).max_batch_used for schedule in config.schedules)
+    return dataclasses.replace(config, dataset=common.GENERATED, test_split="test", dataset_kwargs=dict(
+        input_shape=(32, 32, 3), num_classes=10, train_size=n, test_size=64))
+
+
+def config_from_flags():
+    """The preset's config with the command-line flags applied (``--smoke``: :func:`smoke`)."""
+    return common.config_from_flags(PRESETS, converters=CONVERTERS, smoke=smoke)
 
 
 # ----------------------------------------------------------------------------- plans
@@ -207,136 +241,97 @@ def paper_updates():
     """Updates of each schedule under the paper's WRN-16-4 / CIFAR-10 recipe (computed by the plan)."""
     r = PAPER_RECIPE
     cfg = SmithConfig(preset="paper", dataset="tfds:cifar10", base_lr=r["base_lr"], base_batch=r["base_batch"],
-                      momentum=r["base_momentum"], milestones=r["milestones"], factor=r["factor"],
+                      base_momentum=r["base_momentum"], milestones=r["milestones"], factor=r["factor"],
                       max_batch=r["max_batch"], scale=r["scale"], target_momentum=r["target_momentum"],
                       epochs=r["epochs"])
     return {s: make_plan(cfg, r["train_size"], s).total_updates(r["epochs"]) for s in SCHEDULES}
 
 
 # ----------------------------------------------------------------------------- the experiment
-def _prepare(config, train, test):
-    if not config.augment:
-        return train, test
-    return (resnets.map_data(train, resnets.cifar_train, (32, 32, 3)),
-            resnets.map_data(test, resnets.cifar_eval, (32, 32, 3)))
-
-
-def build_model(config, input_shape, num_classes, momentum=None):
+def build_model(config, data, momentum=None):
     """The config's network compiled with SGD at ``momentum`` (the LR comes from the plan)."""
     if config.network == "wrn":
-        model = resnets.wrn(input_shape, num_classes, depth=config.depth, widen=config.widen,
+        model = resnets.wrn(data.input_shape, data.num_classes, depth=config.depth, widen=config.widen,
                             weight_decay=config.weight_decay)
     else:
-        model = resnets.small_resnet(input_shape, num_classes, width=config.width, stages=config.stages,
+        model = resnets.small_resnet(data.input_shape, data.num_classes, width=config.width, stages=config.stages,
                                      blocks=config.blocks, weight_decay=config.weight_decay)
-    m = config.momentum if momentum is None else momentum
-    return common.compile_classifier(model, keras.optimizers.SGD(config.base_lr, momentum=m))
+    m = config.base_momentum if momentum is None else momentum
+    return runner.compile_classifier(model, keras.optimizers.SGD(config.base_lr, momentum=m), config.jit_compile)
 
 
-def run_one(config, init, train, test, strategy, schedule, seed, logdir):
-    """Trains one schedule from ``init``; returns its result dict (accuracy in %)."""
-    common.set_seed(seed)
-    plan = make_plan(config, train.size, schedule)
-    with strategy.scope():
-        model = build_model(config, train.input_shape, train.num_classes, plan.momentum_value)
-        model.set_weights(init)
-    max_physical = config.max_physical_batch
-    if max_physical is not None and plan.max_batch_used <= max_physical:
-        max_physical = None
-    stats = {}
-    with common.timer(stats, "wall_time_s"):
-        history = common.train(model, train, config.epochs, plan=plan, validation_data=test, strategy=strategy,
-                               max_physical_batch=max_physical, logdir=logdir, seed=seed, verbose=0)
-    h = common.history_dict(history)
-    te = common.evaluate(model, test, config.eval_batch)
-    phases = [{k: p[k] for k in ("start_epoch", "end_epoch", "batch_size", "accumulation", "learning_rate",
-                                 "momentum", "updates", "wall_time")} for p in history.phases]
-    result = {
-        "schedule": schedule, "test_accuracy": 100 * te["accuracy"], "test_loss": te["loss"],
-        "train_accuracy": 100 * h["accuracy"][-1] if h.get("accuracy") else None,
-        "updates": int(history.updates), "planned_updates": plan.total_updates(config.epochs),
-        "max_batch": plan.max_batch_used, "momentum": plan.momentum_value,
-        "test_accuracy_curve": [100 * a for a in h.get("val_accuracy", [])],
-        "updates_curve": h.get("updates", []), "examples_curve": h.get("examples", []),
-        "batch_size_curve": h.get("batch_size", []), "learning_rate_curve": h.get("learning_rate", []),
-        "phases": phases, **stats,
-    }
-    common.log("seed %d %s: test %.2f%%, %d updates, max batch %d, %.0f s", seed, schedule,
-               result["test_accuracy"], result["updates"], result["max_batch"], stats["wall_time_s"])
-    with common.Board(logdir) as board:
-        board.hparams({"schedule": schedule, "base_lr": config.base_lr, "base_batch": config.base_batch,
-                       "momentum": plan.momentum_value, "max_batch": plan.max_batch_used, "seed": seed,
-                       "dataset": config.dataset},
-                      {"final/test_accuracy": result["test_accuracy"], "final/updates": result["updates"]})
-    return result
+def _augment(config):
+    if not config.augment:
+        return None
+    return lambda train, test: (resnets.map_data(train, resnets.cifar_train, (32, 32, 3)),
+                                resnets.map_data(test, resnets.cifar_eval, (32, 32, 3)))
 
 
-def run_seed(config, seed, train, test, strategy, workdir):
-    """Every schedule of one seed from the same initial weights."""
-    common.set_seed(seed)
-    with strategy.scope():
-        init = build_model(config, train.input_shape, train.num_classes).get_weights()
+def prepare(config):
+    """Strategy and data of ``config``; every batch of every schedule checked before training."""
+    def batches(n):
+        return [p.batch_size for s in config.schedules for p in make_plan(config, n, s).phases(config.epochs)]
+
+    return common.prepare(config, batches, transform=_augment(config))
+
+
+def run_seed(setup, seed, workdir):
+    """Every schedule of one seed from the same initial weights: {schedule: run record}."""
+    config, train = setup.config, setup.train
+    init = runner.initial_weights(setup, lambda: build_model(config, train), seed)
     out = {"seed": seed}
     for schedule in config.schedules:
-        logdir = os.path.join(workdir, "tensorboard", schedule if len(config.seeds) == 1 else f"seed{seed}_{schedule}")
-        out[schedule] = run_one(config, init, train, test, strategy, schedule, seed, logdir)
+        plan = make_plan(config, train.size, schedule)
+        run = runner.Run(f"seed{seed}/{schedule}", plan, config.epochs, seed, {"schedule": schedule},
+                         max_physical_batch=config.max_physical_batch)
+        record, _ = runner.fit_and_evaluate(setup, run, lambda: build_model(config, train, plan.momentum_value),
+                                            workdir, init=init)
+        common.log("seed %d %s: test %.2f%%, %d updates, max batch %d, %.0f s", seed, schedule,
+                   record["test_accuracy"], record["updates"], record["max_batch"], record["train_seconds"])
+        out[schedule] = record
     return out
 
 
-def run(config, workdir):
-    """Runs the experiment of ``config``; writes results.json/results.md/PNGs/TensorBoard in ``workdir``."""
-    strategy = common.make_strategy(config)
-    train, test = _prepare(config, *common.load_data(config))
-    for s in config.schedules:
-        plan = make_plan(config, train.size, s)
-        for b in sorted({p.batch_size for p in plan.phases(config.epochs)}):
-            bstf.distribute.check_global_batch(b, strategy)
-            if b > train.size:
-                raise ValueError(f"schedule {s} reaches batch {b}, larger than the training set ({train.size}).")
+def execute(setup, workdir):
+    """Runs the prepared experiment; writes results.json/results.md/PNGs/TensorBoard in ``workdir``."""
+    config, train, test = setup.config, setup.train, setup.test
     common.log("Smith: %s on %s (%d train, %d test), ε %g, B %d, m %g, g ÷ %g at %s, schedules %s, seeds %s",
                config.network, config.dataset, train.size, test.size, config.base_lr, config.base_batch,
-               config.momentum, config.factor, config.milestones, config.schedules, config.seeds)
-    runs = [run_seed(config, seed, train, test, strategy, workdir) for seed in config.seeds]
-    summary = summarise(config, runs)
+               config.base_momentum, config.factor, config.milestones, config.schedules, config.seeds)
+    runs = [run_seed(setup, seed, workdir) for seed in config.seeds]
+    summary = summarise(config, runs, train.size)
     pngs = _plots(config, summary, workdir, train.size)
     markdown = _markdown(config, summary, train, test)
-    with common.Board(os.path.join(workdir, "tensorboard", "summary")) as board:
-        board.images(pngs)
-        board.text("results", markdown)
-    return common.write_results(workdir, summary=summary, runs=runs, config=config, markdown=markdown,
-                                paper={"recipe": PAPER_RECIPE, "updates": paper_updates(), "claims": PAPER_CLAIMS},
-                                machine=common.machine_description())
+    runner.write_summary_board(workdir, pngs, markdown)
+    return report.write_results(workdir, summary=summary, runs=runs, config=config, markdown=markdown,
+                                paper={"recipe": PAPER_RECIPE, "updates": paper_updates(), "claims": PAPER_CLAIMS})
 
 
-def summarise(config, runs):
-    """{schedule: mean results over seeds, ``test_accuracy_std``, the paper recipe's update count}."""
-    summary = {}
+def run(config, workdir):
+    """:func:`prepare` then :func:`execute` (the testable whole experiment)."""
+    return execute(prepare(config), workdir)
+
+
+def summarise(config, runs, train_size):
+    """{schedule: :func:`runner.summarise` over seeds, the plan's and the paper recipe's update counts}."""
     paper = paper_updates()
-    for s in config.schedules:
-        mean, std = common.aggregate([{k: v for k, v in r[s].items() if k != "phases"} for r in runs])
-        summary[s] = {
-            **{k: mean[k] for k in ("test_accuracy", "train_accuracy", "updates", "planned_updates", "max_batch",
-                                    "momentum", "wall_time_s", "test_accuracy_curve", "updates_curve",
-                                    "examples_curve", "batch_size_curve", "learning_rate_curve")},
-            "test_accuracy_std": std["test_accuracy"],
-            "test_accuracy_per_seed": [r[s]["test_accuracy"] for r in runs],
-            "phases": runs[0][s]["phases"],
-            "paper_updates": paper[s],
-        }
-    return summary
+    return {s: {**runner.summarise([r[s] for r in runs]),
+                "planned_updates": make_plan(config, train_size, s).total_updates(config.epochs),
+                "paper_updates": paper[s]}
+            for s in config.schedules}
 
 
 # ----------------------------------------------------------------------------- report
 def _plots(config, summary, workdir, train_size):
     paths = []
     for name, key, xlabel, logx in (("accuracy_vs_epochs.png", None, "epoch", False),
-                                    ("accuracy_vs_updates.png", "updates_curve", "parameter updates", True)):
+                                    ("accuracy_vs_updates.png", "updates", "parameter updates", True)):
         curves = {}
         for s, r in summary.items():
-            y = r["test_accuracy_curve"]
-            x = np.arange(1, len(y) + 1) if key is None else r[key]
+            y = r["curves"]["val_accuracy"]
+            x = np.arange(1, len(y) + 1) if key is None else r["curves"][key]
             curves[f"{s} ({r['updates']} updates)"] = (x, y)
-        paths.append(common.plot_curves(os.path.join(workdir, name), curves, xlabel=xlabel, logx=logx,
+        paths.append(report.plot_curves(os.path.join(workdir, name), curves, xlabel=xlabel, logx=logx,
                                         ylabel="test accuracy (%)", vlines=config.milestones if key is None else (),
                                         title=f"Test accuracy vs {xlabel} (Smith et al. Fig. 2)"))
     plans = [make_plan(config, train_size, s) for s in summary]
@@ -351,15 +346,15 @@ def _markdown(config, summary, train, test):
     ref = summary.get("decay_lr")
     rows = []
     for s, r in summary.items():
-        acc = common.pm(r["test_accuracy"], r["test_accuracy_std"] or None)
+        acc = report.pm(r["test_accuracy"], r["test_accuracy_std"] or None)
         d_acc = "—" if ref is None else f"{r['test_accuracy'] - ref['test_accuracy']:+.2f}"
         fewer = "—" if ref is None else f"{ref['updates'] / r['updates']:.2f}×"
         paper_fewer = f"{summary_paper_ratio(s):.2f}×"
         rows.append([s, acc, d_acc, r["updates"], fewer, r["max_batch"], f"{r['momentum']:g}",
-                     f"{r['wall_time_s']:.0f}", r["paper_updates"], paper_fewer, PAPER_CLAIMS[s]])
-    table = common.markdown_table(
+                     f"{r['train_seconds']:.0f}", r["paper_updates"], paper_fewer, PAPER_CLAIMS[s]])
+    table = report.markdown_table(
         ["schedule", "test acc %", "Δ vs decay_lr", "updates", "fewer than decay_lr", "max batch", "momentum",
-         "wall s", "paper recipe updates", "paper fewer", "paper's outcome"], rows)
+         "train s", "paper recipe updates", "paper fewer", "paper's outcome"], rows)
     verdict = []
     main = [s for s in MAIN_SCHEDULES if s in summary]
     if len(main) > 1:
@@ -388,9 +383,10 @@ def _markdown(config, summary, train, test):
         f"# Smith et al. (2017) — {config.network} on {config.dataset}",
         "",
         f"- command: `{config.command or 'python reproductions/smith.py --preset=' + config.preset}`",
-        f"- preset: {config.preset}; machine: {common.machine_description()}",
+        f"- preset: {config.preset}{' (smoke run: generated data)' if config.smoke else ''}; machine: "
+        f"{report.machine_description()}",
         f"- data: {train.size} train / {test.size} test examples; ε = {config.base_lr:g}, B = {config.base_batch}, "
-        f"m = {config.momentum:g}; g ÷ {config.factor:g} at epochs {list(config.milestones)} of {config.epochs}; "
+        f"m = {config.base_momentum:g}; g ÷ {config.factor:g} at epochs {list(config.milestones)} of {config.epochs}; "
         f"max batch {config.max_batch}; scaled_lr_batch k = {config.scale:g}; increase_momentum m = "
         f"{config.target_momentum:g}; weight decay {config.weight_decay:g}; physical batch ≤ "
         f"{config.max_physical_batch} (larger batches accumulate); every schedule starts from the same initial "
@@ -407,9 +403,9 @@ def _markdown(config, summary, train, test):
         table,
         "## Phases",
         "",
-        common.markdown_table(["schedule", "epochs", "LR", "batch", "accumulation", "momentum", "updates"], phase_rows),
+        report.markdown_table(["schedule", "epochs", "LR", "batch", "accumulation", "momentum", "updates"], phase_rows),
         "Plots: `accuracy_vs_epochs.png`, `accuracy_vs_updates.png` (Fig. 2 style), `schedules.png` (LR, batch, "
-        "momentum and noise scale per epoch).",
+        "momentum and SGD noise g per epoch).",
     ]
     return "\n".join(lines)
 
@@ -421,10 +417,5 @@ def summary_paper_ratio(schedule):
 
 
 # ----------------------------------------------------------------------------- main
-def main(argv):
-    common.check_no_args(argv)
-    run(common.config_from_flags(PRESETS, converters=CONVERTERS), common.workdir_from_flags("smith"))
-
-
 if __name__ == "__main__":
-    app.run(main)
+    common.run_script("smith", config_from_flags, prepare, execute)

@@ -11,9 +11,7 @@ if str(ROOT) not in sys.path:
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
-# The flags reproductions/common.py defines for every script.
-SHARED_FLAGS = ("preset", "workdir", "strategy", "tpu", "num_cpu_devices", "dataset", "data_dir", "seeds",
-                "epochs", "train_examples", "test_examples")
+from reproductions.common import SHARED_FLAGS  # noqa: E402  (the flags every script has)
 
 
 @pytest.fixture

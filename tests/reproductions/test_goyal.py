@@ -1,12 +1,13 @@
 """Tests for reproductions/goyal.py: flags to config, presets, plans of every variant, networks, a tiny run."""
 
+import dataclasses
 import json
 import math
 
 import numpy as np
 import pytest
 
-from reproductions import common, goyal, resnets
+from reproductions import common, goyal, resnets, runner
 
 ARGS = ("--preset", "--workdir", "--strategy", "--dataset", "--seeds", "--epochs", "--multiples",
         "--ablation_multiples", "--variants", "--base_batch", "--base_lr", "--warmup_epochs", "--max_physical_batch")
@@ -40,7 +41,7 @@ def test_paper_preset_is_the_published_recipe():
     assert (c.dataset, c.test_split, c.network, c.image_size) == ("tfds:imagenet2012", "validation", "resnet50", 224)
     assert (c.base_batch, c.base_lr, c.epochs, c.milestones, c.factor, c.warmup_epochs) == (
         256, 0.1, 90, (30, 60, 80), 10.0, 5.0)
-    assert (c.momentum, c.nesterov, c.weight_decay) == (0.9, True, 1e-4)
+    assert (c.base_momentum, c.nesterov, c.weight_decay) == (0.9, True, 1e-4)
     assert [k * c.base_batch for k in c.multiples][-1] == 65536 and 32 * 256 == 8192 and c.ablations_at == (32,)
     assert set(c.variants) == {"no_warmup", "constant_warmup", "sqrt_warmup", "no_scaling"}
     # 8k with linear scaling and gradual warmup: η = 0.1·8192/256 = 3.2 after 5 epochs from 0.1, ÷10 at 30/60/80.
@@ -112,11 +113,7 @@ def test_resnet50_is_constructible_with_goyal_init():
 
 
 def _tiny(**kw):
-    args = dict(dataset="mnist1d", dataset_kwargs={"num_samples": 500}, width=4, stages=2, base_batch=8,
-                multiples=(1, 4), variants=("no_warmup",), epochs=2, milestones=(1,), warmup_epochs=0.5,
-                max_physical_batch=16, eval_batch=100)
-    args.update(kw)
-    return goyal.GoyalConfig(**args)
+    return dataclasses.replace(goyal.tiny(), **kw)
 
 
 def _check_outputs(workdir, config, results):
@@ -126,12 +123,19 @@ def _check_outputs(workdir, config, results):
     for k, v in config.runs():
         r = summary[str(k * config.base_batch)][v]
         assert 0 <= r["test_error"] <= 100 and len(r["test_error_curve"]) == config.epochs
-        assert r["batch_size"] == k * config.base_batch
+        assert r["test_error"] == pytest.approx(100 - r["test_accuracy"]) and r["train_seconds"] > 0
+        assert r["test_error_curve"][-1] == pytest.approx(r["test_error"], abs=1e-4)  # last epoch = final test
+        assert r["batch_size"] == k * config.base_batch and r["hparams"]["variant"] == v
+    records = runner.run_records(on_disk["runs"])
+    assert len(records) == len(config.runs()) * len(config.seeds)
+    for record in records:  # every run record has the shared keys
+        assert list(record)[:len(runner.RESULT_KEYS)] == list(runner.RESULT_KEYS)
     md = (workdir / "results.md").read_text()
     assert "| batch | k | variant |" in md and "23.60" in md  # our numbers beside the paper's
     for name in ("error_vs_batch.png", "curves.png", "test_curves.png"):
         assert (workdir / name).read_bytes()[:4] == b"\x89PNG"
-    assert list((workdir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert list((workdir / "tensorboard" / "seed0" / f"b{config.base_batch}_linear_warmup" / "train").rglob(
+        "events.out.tfevents.*"))
     return summary, md
 
 

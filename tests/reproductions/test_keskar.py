@@ -9,7 +9,7 @@ import pytest
 from absl import app
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from reproductions import common, keskar
+from reproductions import common, keskar, report, runner
 
 # ----------------------------------------------------------------------------- flags and presets
 
@@ -51,7 +51,7 @@ def test_paper_preset_f2_needs_user_data(parse_flags):
 def test_paper_preset_is_the_published_protocol():
     c = keskar.paper()
     assert (c.preset, c.network, c.dataset, c.seeds) == ("paper", "F1", "tfds:mnist", (0, 1, 2, 3, 4))
-    assert (c.sb_batch, c.lb_fraction, c.lb_batch, c.learning_rate) == (256, 0.1, None, 1e-3)  # ADAM
+    assert (c.sb_batch, c.lb_fraction, c.lb_batch, c.base_lr) == (256, 0.1, None, 1e-3)  # ADAM
     assert (c.epsilons, c.subspace_dim, c.sharpness_iterations) == ((1e-3, 5e-4), 100, 10)
     assert c.alphas == (-1.0, 2.0, 25) and c.sharpness_examples is None
     strategy = common.make_strategy(c)
@@ -97,7 +97,7 @@ def test_paper_subspace_numbers():
     ({"paper_network": "F1-small"}, "paper_network must be one of"),
     ({"sb_batch": 0}, "sb_batch must be an integer >= 1"),
     ({"lb_fraction": 1.5}, "lb_fraction must be in"),
-    ({"learning_rate": 0.0}, "learning_rate must be > 0"),
+    ({"base_lr": 0.0}, "base_lr must be > 0"),
     ({"epsilons": ()}, "epsilons must be a non-empty tuple"),
     ({"epsilons": (1e-3, -1.0)}, "epsilons must be a non-empty tuple"),
     ({"alphas": (2.0, -1.0, 25)}, "alphas must be"),
@@ -112,7 +112,7 @@ def test_batch_sizes_checks_the_training_set():
     c = keskar.KeskarConfig(sb_batch=64, lb_batch=300)
     s = common.make_strategy(c)
     assert keskar.batch_sizes(c, 1000, s) == (64, 300)
-    with pytest.raises(ValueError, match="sb_batch 64 is larger than the training set"):
+    with pytest.raises(ValueError, match="sb_batch: batch 64 is larger than the training set"):
         keskar.batch_sizes(c, 50, s)
 
 
@@ -153,7 +153,7 @@ def test_interpolation_holds_bn_statistics_outside_the_segment():
     """Extrapolated moving variances would turn negative (NaN losses); keskar holds them at the nearer end."""
     train = common.take(common.load_data(common.Config(dataset="digits"))[0], 64)
     model = keskar.networks.mlp(train.input_shape, train.num_classes, 8, 1, batch_norm=True)
-    common.compile_classifier(model, "sgd")
+    runner.compile_classifier(model, "sgd")
     rng = np.random.default_rng(0)
     w_sb = [rng.normal(size=w.shape).astype(w.dtype) * 0.3 for w in model.get_weights()]
     w_lb = [w + rng.normal(size=w.shape).astype(w.dtype) * 0.3 for w in w_sb]
@@ -176,10 +176,8 @@ def test_interpolation_holds_bn_statistics_outside_the_segment():
 
 
 def _tiny(**changes):
-    base = dict(preset="quick", dataset="mnist1d", network="F1-small", train_examples=256, test_examples=128,
-                seeds=(0,), epochs=2, sb_batch=32, lb_fraction=0.25, subspace_dim=4, sharpness_iterations=2,
-                sharpness_examples=64, alphas=(-1.0, 2.0, 4), patience=1)
-    return keskar.KeskarConfig(**{**base, **changes})
+    base = dict(preset="quick", dataset="mnist1d", network="F1-small")
+    return dataclasses.replace(keskar.tiny(), **{**base, **changes})
 
 
 def _scalars(logdir):
@@ -199,7 +197,13 @@ def _check_outputs(res, workdir, config):
             assert 0 <= s[key] <= 100
         for key in ("sharpness", "sharpness_subspace"):
             assert set(s[key]) == {"0.001", "0.0005"} and all(math.isfinite(v) and v >= 0 for v in s[key].values())
-        assert set(s["std"]) == {"train_accuracy", "test_accuracy", "sharpness", "sharpness_subspace"}
+        for key in ("train_accuracy", "test_accuracy", "train_loss", "test_loss"):
+            assert f"{key}_std" in s and len(s[f"{key}_per_seed"]) == n
+        assert set(s["sharpness_std"]) == set(s["sharpness_subspace_std"]) == {"0.001", "0.0005"}
+        assert s["hparams"] == {"network": config.network, "regime": r} and s["train_seconds"] > 0
+    for record in runner.run_records(on_disk["runs"]):  # every run record has the shared keys
+        assert list(record)[:len(runner.RESULT_KEYS)] == list(runner.RESULT_KEYS)
+    assert len(runner.run_records(on_disk["runs"])) == 2 * n
     assert summary["lb"]["batch_size"] > summary["sb"]["batch_size"]
     assert len(on_disk["runs"]) == n and [r["seed"] for r in on_disk["runs"]] == list(config.seeds)
     interp = on_disk["runs"][0]["interpolation"]
@@ -207,22 +211,25 @@ def _check_outputs(res, workdir, config):
         "alpha", "train_loss", "test_loss", "train_accuracy", "test_accuracy"}
     assert on_disk["paper"] == {config.compared_network: json.loads(json.dumps(keskar.PAPER[config.compared_network]))}
     assert on_disk["config"]["network"] == config.network and on_disk["machine"]
+    assert list(on_disk) == list(report.RESULTS_KEYS)
 
     md = (workdir / "results.md").read_text()
     for row in ("| SB train accuracy (%) |", "| LB test accuracy (%) |", "| SB sharpness φ, full space, ε=0.001 |",
                 "| LB sharpness φ, 4-d subspace, ε=0.0005 |", "## Per seed", "## Parametric plot"):
         assert row in md
     paper = keskar.PAPER[config.compared_network]  # the paper's values beside ours
-    assert f"| {common.pm(*paper['sb']['test_accuracy'])} |" in md
-    assert f"| {common.pm(*paper['lb']['sharpness']['0.001'])} |" in md
+    assert f"| {report.pm(*paper['sb']['test_accuracy'])} |" in md
+    assert f"| {report.pm(*paper['lb']['sharpness']['0.001'])} |" in md
     for png in ("interpolation.png", "sharpness.png"):
         assert (workdir / png).read_bytes()[:4] == b"\x89PNG"
 
     run_board = _scalars(workdir / "tensorboard" / "seed0" / "sb")
     tags = set(run_board.Tags()["tensors"])
-    assert {"final/test_accuracy", "final/sharpness_0.001", "_hparams_/session_start_info"} <= tags
+    assert {runner.FINAL_TAG.format("test_accuracy"), runner.FINAL_TAG.format("sharpness_0.001"),
+            "_hparams_/session_start_info"} <= tags
+    assert (workdir / "tensorboard" / "seed0" / "sb" / "train").is_dir()  # bstf.fit's curves
     summary_board = _scalars(workdir / "tensorboard" / "summary")
-    assert {"interpolation", "sharpness", "results"} <= set(summary_board.Tags()["tensors"])
+    assert {"interpolation", "sharpness", runner.RESULTS_TEXT_TAG} <= set(summary_board.Tags()["tensors"])
 
 
 def test_run_end_to_end_tiny(tmp_path):
@@ -240,8 +247,8 @@ def test_run_two_seeds_mlp(tmp_path):
     config = _tiny(seeds=(0, 1), epochs=3, alphas=(-1.0, 2.0, 7))
     res = keskar.run(config, str(tmp_path))
     _check_outputs(res, tmp_path, config)
-    std = res["summary"]["F1-small"]["sb"]["std"]
-    assert std["test_accuracy"] >= 0 and set(std["sharpness"]) == {"0.001", "0.0005"}
+    s = res["summary"]["F1-small"]["sb"]
+    assert s["test_accuracy_std"] >= 0 and set(s["sharpness_std"]) == {"0.001", "0.0005"}
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """Tests for reproductions/shen.py: flags to config, presets, control epochs, end to end."""
 
+import dataclasses
 import json
 import math
 
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from reproductions import common, shen
+import bstf
+from reproductions import report, runner, shen
 
 SCRIPT_FLAGS = ("batch_sizes", "base_lr", "base_batch")
 
@@ -33,7 +35,7 @@ def test_paper_preset_from_flags(parse_flags):
 def test_paper_preset_is_shens_setup():
     c = shen.paper()
     assert c.batch_sizes == (32, 64, 128, 256, 512, 1024)
-    assert (c.base_lr, c.base_batch, c.momentum) == (0.01, 32, 0.0)  # plain SGD, LR 0.01 at batch 32
+    assert (c.base_lr, c.base_batch, c.base_momentum) == (0.01, 32, 0.0)  # plain SGD, LR 0.01 at batch 32
     assert 0.01 in c.lr_grid and 0.08 in c.lr_grid  # Shen's best LRs are inside the sweep, not at its edges
     assert min(c.lr_grid) < 0.01 and max(c.lr_grid) > 0.08
     assert (c.histogram_trials, c.controls, c.histogram_sizes, c.accumulation) == (1000, (1024,), (32, 1024),
@@ -57,9 +59,9 @@ def test_quick_preset_config():
     (512, 16, 64, 2, 8),
 ])
 def test_control_epochs(train_size, small, batch, epochs, expected):
-    target = common.constant_plan(train_size, 1.0, small).total_updates(epochs)
+    target = bstf.NoiseScalePlan(train_size, 1.0, small, base_momentum=0.0).total_updates(epochs)
     e = shen.control_epochs(train_size, small, batch, epochs)
-    plan = common.constant_plan(train_size, 1.0, batch)
+    plan = bstf.NoiseScalePlan(train_size, 1.0, batch, base_momentum=0.0)
     assert e == expected
     assert plan.total_updates(e) >= target and (e == 1 or plan.total_updates(e - 1) < target)
 
@@ -69,7 +71,7 @@ def test_control_epochs(train_size, small, batch, epochs, expected):
     ({"batch_sizes": (64, 32)}, "at least 2 strictly increasing"),
     ({"batch_sizes": (32, 0)}, "batch_sizes must be an integer >= 1"),
     ({"base_lr": 0.0}, "base_lr must be > 0"),
-    ({"momentum": 1.0}, "momentum must be in"),
+    ({"base_momentum": 1.0}, r"base_momentum must be in \[0, 1\)"),
     ({"network": "resnet"}, "network must be 'mlp' or one of"),
     ({"control_batches": (32,)}, "control_batches must be batch sizes larger than the smallest"),
     ({"control_batches": (100,)}, "control_batches must be batch sizes larger than the smallest"),
@@ -86,10 +88,7 @@ def test_config_validation(kwargs, match):
 
 
 def _tiny(**changes):
-    base = dict(preset="quick", dataset="digits", train_examples=512, test_examples=128, seeds=(0,), epochs=2,
-                batch_sizes=(16, 64), width=16, depth=1, lr_grid=(0.05,), sweep_epochs=1, histogram_trials=4,
-                histogram_bins=8)
-    return shen.ShenConfig(**{**base, **changes})
+    return dataclasses.replace(shen.tiny(), **changes)
 
 
 PNGS = ("accuracy_fixed_lr.png", "accuracy_scaled_lr.png", "control.png", "distance.png", "distance_per_layer.png",
@@ -108,21 +107,28 @@ def _check_outputs(res, workdir, config):
     summary = on_disk["summary"]
     assert set(summary) == {str(b) for b in config.batch_sizes}  # keyed by batch size only
     for b in config.batch_sizes:
-        s = summary[str(b)]
-        assert 0 <= s["test_accuracy"] <= 100 and 0 <= s["test_accuracy_scaled_lr"] <= 100
-        assert math.isfinite(s["distance_from_init"]) and s["distance_from_init"] > 0
+        s, fixed, scaled = summary[str(b)], summary[str(b)]["fixed_lr"], summary[str(b)]["scaled_lr"]
+        assert 0 <= fixed["test_accuracy"] <= 100 and 0 <= scaled["test_accuracy"] <= 100
+        assert math.isfinite(fixed["distance_from_init"]) and fixed["distance_from_init"] > 0
         assert s["best_lr"] in config.lr_grid
-        assert len(s["test_accuracy_curve"]) == config.epochs
-        assert set(s["distance_from_init_per_layer"]) == {f"dense_{i}" for i in range(1, config.depth + 1)} | {"logits"}
+        assert len(fixed["curves"]["val_accuracy"]) == config.epochs
+        assert set(fixed["distance_from_init_per_layer"]) == {f"dense_{i}" for i in range(1, config.depth + 1)} | {
+            "logits"}
+        assert fixed["learning_rate"] == pytest.approx(config.base_lr) and fixed["hparams"] == {"study": "fixed_lr"}
         for run in on_disk["runs"]:  # total² = Σ per-layer² in every run (not in the means over seeds)
             r = run["fixed_lr"][str(b)]
             per_layer = r["distance_from_init_per_layer"].values()
             assert r["distance_from_init"] == pytest.approx(np.sqrt(sum(v * v for v in per_layer)))
-        assert s["scaled_learning_rate"] == pytest.approx(config.base_lr * b / config.base_batch)
+        assert scaled["learning_rate"] == pytest.approx(config.base_lr * b / config.base_batch)
     small, big = config.batch_sizes[0], config.batch_sizes[-1]
-    assert summary[str(small)]["updates"] > summary[str(big)]["updates"]
+    assert summary[str(small)]["fixed_lr"]["updates"] > summary[str(big)]["fixed_lr"]["updates"]
     control = summary[str(big)]["control"]
-    assert control["updates"] >= summary[str(small)]["updates"] and control["epochs"] > config.epochs
+    assert control["updates"] >= summary[str(small)]["fixed_lr"]["updates"] and control["epochs"] > config.epochs
+    assert control["epochs"] == shen.control_epochs(config.train_examples, small, big, config.epochs)
+    records = runner.run_records(on_disk["runs"])
+    for record in records:  # every run record has the shared keys
+        assert list(record)[:len(runner.RESULT_KEYS)] == list(runner.RESULT_KEYS)
+    assert list(on_disk)[:len(report.RESULTS_KEYS)] == list(report.RESULTS_KEYS)
     for b in config.histogram_sizes:
         g = on_disk["gradients"][str(b)]
         assert sum(g["counts"]) + g["outside"] == g["trials"] * g["values_per_trial"]
@@ -141,15 +147,19 @@ def _check_outputs(res, workdir, config):
     for png in PNGS:
         assert (workdir / png).read_bytes()[:4] == b"\x89PNG"
     tb = workdir / "tensorboard"
-    assert {"final/test_accuracy", "final/distance_from_init"} <= _board(tb / "seed0" / f"fixed_lr_b{small}")
-    assert {"accuracy_fixed_lr", "gradient_histogram", "results"} <= _board(tb / "summary")
+    assert {runner.FINAL_TAG.format("test_accuracy"), runner.FINAL_TAG.format("distance_from_init"),
+            runner.FINAL_TAG.format("distance_from_init_per_layer_logits")} <= _board(tb / "seed0" / f"fixed_lr_b{small}")
+    assert {"accuracy_fixed_lr", "gradient_histogram", runner.RESULTS_TEXT_TAG} <= _board(tb / "summary")
     return on_disk
 
 
 def test_run_end_to_end_tiny(tmp_path):
-    config = _tiny(fit_logs=False)  # per-epoch TensorBoard scalars only: seconds faster per run
+    config = _tiny()
     res = _check_outputs(shen.run(config, str(tmp_path)), tmp_path, config)
-    assert {"epoch/val_accuracy", "final/test_accuracy"} <= _board(tmp_path / "tensorboard" / "seed0" / "fixed_lr_b16")
+    run_logs = tmp_path / "tensorboard" / "seed0" / "fixed_lr_b16"
+    assert runner.FINAL_TAG.format("test_accuracy") in _board(run_logs)
+    assert (run_logs / "train").is_dir() and (run_logs / "validation").is_dir()  # bstf.fit's own curves
+    assert not (tmp_path / "tensorboard" / "lr_sweep" / "b16_lr0.05" / "train").exists()  # sweep runs: no curves
     # accumulation of 4 micro-batches of 16 against the true batch of 64: the same training (no BN, same order)
     acc = res["accumulation"]
     assert acc["accumulated_test_accuracy"] == pytest.approx(acc["true_test_accuracy"], abs=1.0)
@@ -163,7 +173,7 @@ def test_run_two_seeds_three_batches(tmp_path):
     res = _check_outputs(shen.run(config, str(tmp_path)), tmp_path, config)
     run_logs = tmp_path / "tensorboard" / "seed0" / "fixed_lr_b16"
     assert (run_logs / "train").is_dir() and (run_logs / "validation").is_dir()  # bstf.fit's own logs
-    assert set(res["summary"]["32"]["control"]) == {"epochs", "updates", "test_accuracy", "distance_from_init"}
+    assert {"epochs", "updates", "test_accuracy", "distance_from_init"} <= set(res["summary"]["32"]["control"])
 
 
 @pytest.mark.slow
@@ -173,8 +183,8 @@ def test_quick_preset(tmp_path):
     res = _check_outputs(shen.run(config, str(tmp_path)), tmp_path, config)
     s = res["summary"]
     small, big = str(config.batch_sizes[0]), str(config.batch_sizes[-1])
-    assert s[big]["distance_from_init"] < s[small]["distance_from_init"]
-    assert s[big]["test_accuracy"] < s[small]["test_accuracy"]
+    assert s[big]["fixed_lr"]["distance_from_init"] < s[small]["fixed_lr"]["distance_from_init"]
+    assert s[big]["fixed_lr"]["test_accuracy"] < s[small]["fixed_lr"]["test_accuracy"]
 
 
 # ----------------------------------------------------------------------------- report verdicts

@@ -1,11 +1,12 @@
 """Tests for reproductions/smith.py: flags to config, presets, the schedules' plans, WRN, a tiny run."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from reproductions import common, resnets, smith
+from reproductions import common, resnets, runner, smith
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def test_flags_to_config(parse):
 def test_paper_preset_is_the_published_recipe():
     c = smith.paper()
     assert (c.dataset, c.network, c.depth, c.widen, c.augment) == ("tfds:cifar10", "wrn", 16, 4, True)
-    assert (c.base_lr, c.base_batch, c.momentum, c.factor, c.milestones, c.max_batch, c.epochs) == (
+    assert (c.base_lr, c.base_batch, c.base_momentum, c.factor, c.milestones, c.max_batch, c.epochs) == (
         0.1, 128, 0.9, 5.0, (60, 120, 160), 5120, 200)
     assert c.weight_decay == 5e-4 and c.schedules == smith.SCHEDULES
     phases = {s: smith.make_plan(c, 50_000, s).phases(200) for s in smith.MAIN_SCHEDULES}
@@ -51,7 +52,7 @@ def test_quick_preset_plans_show_fewer_updates():
     assert updates["increase_batch"] > updates["scaled_lr_batch"]
 
 
-def test_schedules_share_the_noise_scale():
+def test_schedules_share_the_sgd_noise():
     c = smith.quick()
     plans = {s: smith.make_plan(c, 8000, s) for s in smith.SCHEDULES}
     assert plans["increase_momentum"].momentum_value == 0.98 and plans["scaled_lr_batch"].momentum_value == 0.9
@@ -66,6 +67,7 @@ def test_schedules_share_the_noise_scale():
     ({"network": "vgg"}, "network must be"),
     ({"max_batch": 8}, r"max_batch \(8\) must be >= base_batch"),
     ({"target_momentum": 1.0}, r"target_momentum must be in \[0, 1\)"),
+    ({"base_momentum": -0.1}, r"base_momentum must be in \[0, 1\)"),
     ({"factor": 1.0}, "factor must be > 1"),
     ({"milestones": (10, 5)}, "milestones must be strictly increasing"),
 ])
@@ -88,11 +90,7 @@ def test_cifar_pipeline():
 
 
 def _tiny(**kw):
-    args = dict(dataset="mnist1d", dataset_kwargs={"num_samples": 500}, width=4, stages=2, base_batch=8,
-                milestones=(1, 2), epochs=3, max_batch=64, max_physical_batch=16, scale=2, target_momentum=0.95,
-                schedules=("decay_lr", "increase_batch"), eval_batch=100)
-    args.update(kw)
-    return smith.SmithConfig(**args)
+    return dataclasses.replace(smith.tiny(), **kw)
 
 
 def _check_outputs(workdir, config, results):
@@ -100,16 +98,20 @@ def _check_outputs(workdir, config, results):
     summary = on_disk["summary"]
     assert list(summary) == list(config.schedules)
     for s, r in summary.items():
-        assert 0 <= r["test_accuracy"] <= 100 and r["wall_time_s"] > 0
+        assert 0 <= r["test_accuracy"] <= 100 and r["train_seconds"] > 0
         assert r["updates"] == r["planned_updates"] == smith.make_plan(config, 400, s).total_updates(config.epochs)
-        assert len(r["test_accuracy_curve"]) == len(r["updates_curve"]) == config.epochs
-        assert r["updates_curve"][-1] == r["updates"]
+        assert len(r["curves"]["val_accuracy"]) == len(r["curves"]["updates"]) == config.epochs
+        assert r["curves"]["updates"][-1] == r["updates"] and r["hparams"] == {"schedule": s}
+    for record in runner.run_records(on_disk["runs"]):  # every run record has the shared keys
+        assert list(record)[:len(runner.RESULT_KEYS)] == list(runner.RESULT_KEYS)
+    assert len(runner.run_records(on_disk["runs"])) == len(config.schedules) * len(config.seeds)
     md = (workdir / "results.md").read_text()
     assert "| schedule | test acc % |" in md and "78125" in md  # our numbers beside the paper recipe's
     for name in ("accuracy_vs_epochs.png", "accuracy_vs_updates.png", "schedules.png"):
         assert (workdir / name).read_bytes()[:4] == b"\x89PNG"
-    for s in config.schedules:
-        assert list((workdir / "tensorboard" / s).rglob("events.out.tfevents.*"))
+    for seed in config.seeds:
+        for s in config.schedules:
+            assert list((workdir / "tensorboard" / f"seed{seed}" / s / "train").rglob("events.out.tfevents.*"))
     return summary, md
 
 
