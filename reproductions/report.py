@@ -200,6 +200,21 @@ def equality_verdict(d, tolerance):
     return NOT_SEPARABLE
 
 
+def bound_verdict(d, tolerance):
+    """Verdict on "a is at most ``tolerance`` above b" (e.g. a large batch's error no worse than the base's).
+
+    Reproduced when even the difference plus its spread stays within the tolerance; not reproduced when
+    the difference exceeds the tolerance and its spread; otherwise not separable.
+    """
+    if not np.isfinite(d.diff) or d.spread is None:
+        return NOT_SEPARABLE
+    if d.diff + d.spread <= tolerance:
+        return REPRODUCED
+    if d.diff > tolerance and d.separable:
+        return NOT_REPRODUCED
+    return NOT_SEPARABLE
+
+
 def verdict_table(rows):
     """The markdown verdict table of ``(claim, paper, ours, verdict)`` rows (``verdict`` one of :data:`VERDICTS`)."""
     for row in rows:
@@ -214,7 +229,9 @@ VERDICT_RULE = (
     "(sample stds over seeds). A claimed direction is **reproduced** only when the difference has that sign and "
     "exceeds its spread, *not reproduced* when the opposite sign exceeds it, and *not separable at this size* "
     "otherwise; a claimed equality is reproduced when the difference and its spread are both within the stated "
-    "tolerance, not reproduced when the difference exceeds the tolerance and its spread.")
+    "tolerance, not reproduced when the difference exceeds the tolerance and its spread; a claimed bound (\"no worse "
+    "than\") is reproduced when the difference plus its spread stays within the tolerance, not reproduced when "
+    "the difference exceeds the tolerance and its spread.")
 """The rule of :func:`direction_verdict` and :func:`equality_verdict`, in words, for every report."""
 
 

@@ -243,6 +243,17 @@ def test_equality_verdict(a, b, tolerance, expected):
     assert report.equality_verdict(report.difference(a, b), tolerance) == expected
 
 
+@pytest.mark.parametrize("a, b, tolerance, expected", [
+    ([20.0, 21.0, 22.0], [22.0, 23.0, 24.0], 1.0, report.REPRODUCED),      # -2 ± 1.41: better, bound holds
+    ([23.0, 23.5, 24.0], [23.0, 23.2, 23.4], 1.0, report.REPRODUCED),      # +0.3 ± 0.54: 0.84 <= 1
+    ([23.5, 24.0, 24.5], [23.0, 23.2, 23.4], 1.0, report.NOT_SEPARABLE),   # +0.8 ± 0.54: within 1, not with spread
+    ([40.0, 43.0, 46.0], [22.0, 23.0, 24.0], 1.0, report.NOT_REPRODUCED),  # +20 ± 3.2
+    ([20.0, 30.0, 40.0], [22.0, 23.0, 24.0], 1.0, report.NOT_SEPARABLE),   # +7 ± 10
+])
+def test_bound_verdict(a, b, tolerance, expected):
+    assert report.bound_verdict(report.difference(a, b), tolerance) == expected
+
+
 def test_verdict_table():
     table = report.verdict_table([("LB sharper", "167×", "27×", report.REPRODUCED),
                                   ("gap", "+0.2", "+0.1 ± 0.3", report.NOT_SEPARABLE)]).splitlines()
