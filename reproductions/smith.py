@@ -408,14 +408,16 @@ def verdict_rows(config, summary):
                          report.equality_verdict(largest, tol)))
     if "increase_batch" in summary:
         e = summary["increase_batch"]
-        final = report.equality_verdict(_gap(e, "final_gap"), tol)
+        final = _gap(e, "final_gap")  # "no worse than decay_lr" (ending higher does not contradict Fig. 2b)
+        no_worse = report.bound_verdict(report.Difference(-final.diff, final.spread, final.seeds), tol)
         reach, ref_reach = e["updates_to_target"], ref["updates_to_target"]
         fewer = reach is not None and ref_reach is not None and reach < ref_reach
-        verdict = final if final != report.REPRODUCED else (report.REPRODUCED if fewer else report.NOT_REPRODUCED)
-        rows.append(("increase_batch: the same accuracy with far fewer parameter updates (Fig. 2b)",
+        verdict = no_worse if no_worse != report.REPRODUCED else (
+            report.REPRODUCED if fewer else report.NOT_REPRODUCED)
+        rows.append(("increase_batch: decay_lr's accuracy with far fewer parameter updates (Fig. 2b)",
                      f"{summary_paper_ratio('increase_batch'):.2f}× fewer (the recipe's count)",
                      f"{ref['updates'] / e['updates']:.2f}× fewer in total; {_reached(e)} vs {_reached(ref)} updates "
-                     f"to reach {e['target_accuracy']:.2f} % (decay_lr's final − {tol:g})", verdict))
+                     f"to reach {e['target_accuracy']:.2f} % (decay_lr's final − {tol:g}); final {final.text()} points", verdict))
     if "scaled_lr_batch" in summary:
         e = summary["scaled_lr_batch"]
         rows.append(("scaled_lr_batch (B ∝ ε): similar test accuracy, fewer updates still (Sec. 5.2)",
