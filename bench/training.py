@@ -1,7 +1,9 @@
-"""bstf.fit against model.fit, and time to accuracy of the three ways to realise an LR decay.
+"""bstf.fit against model.fit, the cost of a checkpoint, and time to accuracy of the three ways to realise an
+LR decay.
 
-    python bench/training.py                         # both parts, mnist1d MLP (a few minutes on 2 CPUs)
+    python bench/training.py                         # all parts, mnist1d MLP (a few minutes on 2 CPUs)
     python bench/training.py --part=overhead --repeats=7
+    python bench/training.py --part=checkpoint
     python bench/training.py --part=plans --epochs=40
 
 Part 1, overhead: the same MLP, data and batch; ``model.fit`` on a batched,
@@ -9,7 +11,12 @@ shuffled dataset vs ``bstf.fit`` with a constant plan (``verbose=0`` for
 both, no TensorBoard), alternating which runs first, after a warm-up of each
 that traces the step. Reports the median examples/s of both and the ratio.
 
-Part 2, time to accuracy: one g-schedule (Smith et al.: decay by ``--factor``
+Part 2, checkpoint: the same ``bstf.fit`` run with ``checkpoint_dir`` and a save every
+``--checkpoint_every`` updates; each save (``RunState.save``: the non-finite check of every variable, the
+record, TF's write, the manager's bookkeeping) is timed. Reports the median save, the checkpoint's size
+and the save in units of the run's mean update time.
+
+Part 3, time to accuracy: one g-schedule (Smith et al.: decay by ``--factor``
 at ``--milestones``) realised as ``decay_lr``, ``increase_batch`` and
 ``hybrid``, each from the same initial weights. Reports final test accuracy,
 parameter updates and wall clock, and the ratios against ``decay_lr``.
@@ -20,6 +27,7 @@ Figures go to stdout as markdown tables (pasted into docs/performance.md,
 
 import os
 import statistics
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,12 +39,13 @@ import tensorflow as tf  # noqa: E402
 import bstf  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("part", "all", ["all", "overhead", "plans"], "What to measure.")
+flags.DEFINE_enum("part", "all", ["all", "overhead", "checkpoint", "plans"], "What to measure.")
 flags.DEFINE_string("dataset", "mnist1d", "bstf.data.load name (offline).")
 flags.DEFINE_integer("width", 256, "Hidden width of the MLP.")
 flags.DEFINE_integer("batch_size", 128, "Overhead part: the batch of both loops.")
 flags.DEFINE_integer("overhead_epochs", 20, "Overhead part: epochs per timed run.")
 flags.DEFINE_integer("repeats", 7, "Overhead part: rounds of (model.fit, bstf.fit).")
+flags.DEFINE_integer("checkpoint_every", 20, "Checkpoint part: updates between saves.")
 flags.DEFINE_integer("epochs", 20, "Plans part: epochs.")
 flags.DEFINE_float("lr", 0.05, "Plans part: base learning rate.")
 flags.DEFINE_integer("base_batch", 16, "Plans part: starting batch.")
@@ -90,6 +99,41 @@ def overhead(train):
     print(f"\nper-round ratios (bstf / keras, same round): {', '.join(f'{r:.2f}' for r in ratios)}")
 
 
+def checkpoint(train):
+    from bstf.fitting import state
+
+    batch, epochs = FLAGS.batch_size, FLAGS.overhead_epochs
+    plan = bstf.NoiseScalePlan(train.size, FLAGS.lr, batch)
+    model, seconds = build(train), []
+    real_save = state.RunState.save
+
+    def timed_save(self, number, record):
+        t = time.perf_counter()
+        path = real_save(self, number, record)
+        seconds.append(time.perf_counter() - t)
+        return path
+
+    state.RunState.save = timed_save
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            bstf.fit(model, train, plan, 1, verbose=0, seed=0)  # warm-up: traces
+            t = time.perf_counter()
+            h = bstf.fit(model, train, plan, epochs, verbose=0, seed=0, checkpoint_dir=d,
+                         checkpoint_every_n_updates=FLAGS.checkpoint_every)
+            wall = time.perf_counter() - t
+            size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if f.startswith("ckpt-"))
+            size /= len([f for f in os.listdir(d) if f.endswith(".index")])
+    finally:
+        state.RunState.save = real_save
+    save, update = statistics.median(seconds), (wall - sum(seconds)) / h.updates
+    print(f"\n### Checkpoint: MLP {FLAGS.width}x2 ({model.count_params():,} parameters, SGD momentum), "
+          f"{len(seconds)} saves in {h.updates} updates\n")
+    print("| checkpoint size | one save (median) | one update (mean) | save / update | run time in saves |")
+    print("|---:|---:|---:|---:|---:|")
+    print(f"| {size / 1e6:.2f} MB | {1e3 * save:.1f} ms | {1e3 * update:.2f} ms | {save / update:.0f} | "
+          f"{100 * sum(seconds) / wall:.1f} % |")
+
+
 def plans(train, test):
     milestones = [float(m) for m in FLAGS.milestones]
     base = bstf.NoiseScalePlan(train.size, FLAGS.lr, FLAGS.base_batch, milestones=milestones,
@@ -121,6 +165,8 @@ def main(argv):
     test = bstf.data.load(FLAGS.dataset, split="test")
     if FLAGS.part in ("all", "overhead"):
         overhead(train)
+    if FLAGS.part in ("all", "checkpoint"):
+        checkpoint(train)
     if FLAGS.part in ("all", "plans"):
         plans(train, test)
 

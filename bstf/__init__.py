@@ -13,8 +13,9 @@ from bstf.clock import Clock
 from bstf import plan
 from bstf.plan import NoiseScalePlan
 from bstf import data, distribute, finder, optimizers, training, tuner
-from bstf.training import fit
+from bstf.training import NonFiniteLossError, fit
 from bstf.evaluation import evaluate
+from bstf import tags
 from bstf.finder import find_batch_size
 from bstf import analysis, callbacks
 from bstf import layers

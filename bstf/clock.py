@@ -17,7 +17,17 @@ Example:
 
 import numbers
 
+import numpy as np
 import tensorflow as tf
+
+
+def epoch_at(examples, train_size):
+    """The epoch at ``examples`` examples seen, exactly as :attr:`Clock.epoch` computes it in-graph.
+
+    float64 division, float32 result (a ``numpy.float32``): host code that must agree with the in-graph
+    schedules at a phase boundary (which phase an update starts in) uses this.
+    """
+    return np.float32(np.float64(examples) / float(train_size))
 
 
 def _check_positive_int(name, value):

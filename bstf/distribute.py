@@ -85,8 +85,12 @@ def _mirrored(num_cpu_devices):
         return tf.distribute.MirroredStrategy([c.name for c in cpus],
                                               cross_device_ops=tf.distribute.ReductionToOneDevice())
     gpus = tf.config.list_logical_devices("GPU")
-    devices = gpus or tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if gpus:
+        return tf.distribute.MirroredStrategy([d.name for d in gpus])
+    # CPU only: the same one-device reduction as above (collectives reuse instance keys across strategies
+    # in one process: a second MirroredStrategy's CollectiveReduceV2 fails).
+    return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")],
+                                          cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
 def split_cpu(num_devices):

@@ -18,7 +18,10 @@ given model, data set and machine:
    steps/examples trade-off, the learning rate coupled to it by the chosen
    rule, and a suggested :class:`bstf.NoiseScalePlan`.
 
-The model's weights and optimizer state are restored afterwards.
+The model's weights and optimizer state (a ``mixed_float16`` model's loss
+scale included) are restored afterwards. Under ``mixed_float16`` the throughput
+is that of the compiled train step (loss-scaled), and the noise scale is
+measured on unscaled float32 gradients (see :mod:`bstf.analysis.noise_scale`).
 """
 
 import dataclasses
@@ -243,6 +246,12 @@ def find_batch_size(
         base_batch = min_batch
     base_batch = check_int("base_batch", base_batch)
 
+    # Build the model and its optimizer first, so that the state saved here is all the state the sweep
+    # changes (an unbuilt optimizer — its slots, a LossScaleOptimizer's dynamic scale — would be restored
+    # into the wrong variables by position).
+    _common.ensure_built(model, next(iter(dataset.batch(1).take(1)))[0])
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
     saved_weights = [v.numpy() for v in model.weights]
     saved_opt = [v.numpy() for v in model.optimizer.variables]
     try:

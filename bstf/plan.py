@@ -1,9 +1,12 @@
 """The noise-scale plan: one LR-decay schedule, realised by LR, batch or momentum.
 
 Smith, Kindermans, Ying & Le (2017) show that SGD with learning rate ε,
-batch B and momentum m on N training examples is governed by the noise scale
+batch B and momentum m on N training examples is governed by the SGD noise
 
-    g = ε N / (B (1 − m)).
+    g = ε N / (B (1 − m))        (:func:`sgd_noise`; Smith et al. call it the "noise scale")
+
+(bstf reserves "noise scale" for McCandlish et al.'s gradient noise scale
+B_simple / B_noise; see docs/concepts.md, "Glossary").
 
 A conventional schedule "decay the LR by ``factor`` at each milestone" lowers g
 by ``factor`` at each milestone. :class:`NoiseScalePlan` realises exactly that
@@ -36,39 +39,73 @@ lr_rule="linear", warmup_epochs=5, milestones=(30, 60, 80), factor=10)``.
 **Updates.** A training loop following the plan reads the batch from the
 clock before each update and advances the clock by that batch; an update is
 counted in the phase where it starts (it may straddle a boundary by less than
-one batch). ``phases()`` counts updates exactly that way.
+one batch), the phase of the epoch the clock computes (float32,
+:func:`bstf.clock.epoch_at`). ``phases()`` counts updates exactly that way;
+``bstf.fit`` runs those phases.
 """
 
 import dataclasses
 import math
+import warnings
 
 import keras
+import numpy as np
 
 from bstf import schedules
-from bstf.clock import Clock
+from bstf.clock import Clock, epoch_at
 from bstf.schedules import _check_number, scaled_learning_rate
 
 MODES = ("decay_lr", "increase_batch", "hybrid")
 
 
+def sgd_noise(learning_rate, train_size, batch_size, momentum):
+    """Smith et al.'s SGD noise g = εN/(B(1 − m)): the one formula bstf uses for it."""
+    return learning_rate * train_size / (batch_size * (1.0 - momentum))
+
+
+def _deprecated(old, new):
+    warnings.warn(f"{old} is deprecated and will be removed in the next release: use {new} (the SGD noise g; "
+                  "'noise scale' now names McCandlish et al.'s B_simple only).", DeprecationWarning, stacklevel=3)
+
+
 @dataclasses.dataclass(frozen=True)
 class PlanPoint:
-    """The plan's values at one epoch."""
+    """The plan's values at one epoch (``sgd_noise`` is g = εN/(B(1 − m)))."""
 
     epoch: float
     learning_rate: float
     batch_size: int
     momentum: float
-    noise_scale: float
+    sgd_noise: float
+
+    @property
+    def noise_scale(self):
+        """Deprecated alias of :attr:`sgd_noise`."""
+        _deprecated("PlanPoint.noise_scale", "PlanPoint.sgd_noise")
+        return self.sgd_noise
 
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
-    """A segment of training with constant batch size and momentum.
+    """A segment of training with constant global batch and momentum — the one phase type.
 
-    ``learning_rate`` is the phase's LR after warmup (phase 0 ramps up to it
-    during ``warmup_epochs``); ``updates`` counts the updates that start in
-    the phase.
+    The plan's :meth:`NoiseScalePlan.phases` make them; ``bstf.fit`` runs
+    them (with the physical batch and accumulation it chose) and records
+    them in ``history.phases``.
+
+    Attributes:
+      start_epoch, end_epoch: the phase's span in the plan (milestones, and
+        the run's end).
+      learning_rate: the phase's LR after warmup (phase 0 ramps up to it
+        during ``warmup_epochs``).
+      batch_size: the global batch B.
+      momentum: m.
+      sgd_noise: g = εN/(B(1 − m)) with the phase's LR.
+      updates: the updates that start in the phase (as the clock counts).
+      index: the phase's position in the plan (0 before the first milestone).
+      start_examples: the clock (examples seen) when its first update starts.
+      physical_batch: b, the global micro-batch fed to the model at once.
+      accumulation: k = B / b micro-batches per update.
     """
 
     start_epoch: float
@@ -76,8 +113,48 @@ class Phase:
     learning_rate: float
     batch_size: int
     momentum: float
-    noise_scale: float
+    sgd_noise: float
     updates: int
+    index: int
+    start_examples: int
+    physical_batch: int
+    accumulation: int
+
+    @property
+    def end_examples(self):
+        """The clock after the phase's last update."""
+        return self.start_examples + self.updates * self.batch_size
+
+    def with_physical_batch(self, physical_batch):
+        """This phase run as ``B / physical_batch`` micro-batches of ``physical_batch`` (a divisor of B)."""
+        if self.batch_size % physical_batch:
+            raise ValueError(f"physical_batch {physical_batch} does not divide the batch {self.batch_size}.")
+        return dataclasses.replace(self, physical_batch=physical_batch,
+                                   accumulation=self.batch_size // physical_batch)
+
+    @property
+    def noise_scale(self):
+        """Deprecated alias of :attr:`sgd_noise`."""
+        _deprecated("Phase.noise_scale", "Phase.sgd_noise")
+        return self.sgd_noise
+
+
+def _updates_in_phase(start, batch, end, limit, train_size):
+    """Updates of ``batch`` starting at ``start``, ``start + batch``, ... while the clock is before ``end``
+    examples and (``limit``, a float32 epoch or None) before the next milestone as the clock computes it."""
+
+    def inside(x):
+        return x < end and (limit is None or epoch_at(x, train_size) < limit)
+
+    if not inside(start):
+        return 0
+    stop = end if limit is None else min(end, float(limit) * train_size)
+    count = max(1, math.ceil((stop - start) / batch - 1e-9))
+    while count > 1 and not inside(start + (count - 1) * batch):
+        count -= 1
+    while inside(start + count * batch):
+        count += 1
+    return count
 
 
 @keras.saving.register_keras_serializable(package="bstf")
@@ -173,7 +250,7 @@ class NoiseScalePlan:
         n, m = self.train_size, self.momentum_value
         lr0 = scaled_learning_rate(self.base_lr, self.base_batch, self.batch, self.lr_rule)
         # g of the un-rescaled phase 0 (decay_lr semantics at `batch` and base momentum).
-        g0 = lr0 * n / (self.batch * (1.0 - self.base_momentum))
+        g0 = sgd_noise(lr0, n, self.batch, self.base_momentum)
         batches, lrs, gs = [], [], []
         batch = self._start_batch()
         for i in range(len(self.milestones) + 1):
@@ -255,23 +332,37 @@ class NoiseScalePlan:
         lr = self.learning_rate.numpy(epoch)
         batch = int(self.batch_size.numpy(epoch))
         momentum = self.momentum_value
-        return PlanPoint(epoch, lr, batch, momentum, self.train_size * lr / (batch * (1.0 - momentum)))
+        return PlanPoint(epoch, lr, batch, momentum, sgd_noise(lr, self.train_size, batch, momentum))
+
+    def sgd_noise(self, epoch):
+        """The SGD noise g = εN/(B(1 − m)) at ``epoch``."""
+        return self.at(epoch).sgd_noise
 
     def noise_scale(self, epoch):
-        """g = εN/(B(1 − m)) at ``epoch``."""
-        return self.at(epoch).noise_scale
+        """Deprecated alias of :meth:`sgd_noise`."""
+        _deprecated("NoiseScalePlan.noise_scale()", "NoiseScalePlan.sgd_noise()")
+        return self.sgd_noise(epoch)
 
     def phases(self, epochs):
-        """The constant-batch segments of a run of ``epochs`` epochs (> 0)."""
+        """The :class:`Phase` list of a run of ``epochs`` epochs (> 0), updates counted as the clock counts.
+
+        Every phase that starts before ``epochs`` is listed (also one in which no update starts: the
+        previous phase's last update crossed it). An update that starts at ``x`` examples belongs to the
+        phase of the clock's float32 epoch ``x / N`` — so at a milestone that falls within float32
+        rounding of an update start, the plan, the in-graph schedules and ``bstf.fit`` agree.
+        """
         epochs = _check_number("epochs", epochs, low=0, low_open=True)
-        bounds = [0.0] + [m for m in self.milestones if m < epochs] + [epochs]
-        out, examples = [], 0  # examples consumed when the phase's first update starts
-        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
-            batch = self._batches[i]
-            end_examples = b * self.train_size
-            updates = max(0, math.ceil((end_examples - examples) / batch - 1e-9))
-            examples += updates * batch
-            out.append(Phase(a, b, self._lrs[i], batch, self.momentum_value, self._gs[i], updates))
+        n, m = self.train_size, self.momentum_value
+        starts, ends = (0.0, *self.milestones), (*self.milestones, math.inf)
+        out, x = [], 0  # x: the clock when the phase's first update starts
+        for i, batch in enumerate(self._batches):
+            limit = np.float32(ends[i]) if i < len(self.milestones) else None
+            count = _updates_in_phase(x, batch, epochs * n, limit, n)
+            if starts[i] >= epochs and not count:  # (an update may start past `epochs` in float32 only)
+                break
+            out.append(Phase(starts[i], max(starts[i], min(ends[i], epochs)), self._lrs[i], batch, m, self._gs[i],
+                             count, i, x, batch, 1))
+            x += count * batch
         return out
 
     def total_updates(self, epochs):
@@ -330,12 +421,12 @@ class NoiseScalePlan:
     def table(self, epochs):
         """The phase table as text, with the total number of updates."""
         rows = [
-            f"{'epochs':>15} {'lr':>10} {'batch':>7} {'momentum':>8} {'noise g':>10} {'updates':>8}"
+            f"{'epochs':>15} {'lr':>10} {'batch':>7} {'momentum':>8} {'sgd noise g':>12} {'updates':>8}"
         ]
         for p in self.phases(epochs):
             rows.append(
                 f"{p.start_epoch:>7g} – {p.end_epoch:<5g} {p.learning_rate:>10.5g} {p.batch_size:>7d} "
-                f"{p.momentum:>8.3g} {p.noise_scale:>10.5g} {p.updates:>8d}"
+                f"{p.momentum:>8.3g} {p.sgd_noise:>12.5g} {p.updates:>8d}"
             )
         warm = (f" ({self.warmup} LR warmup from {self.base_lr:g} over {self.warmup_epochs:g} epochs)"
                 if self.warmup_epochs else "")
@@ -343,7 +434,7 @@ class NoiseScalePlan:
         return "\n".join(rows)
 
     def plot(self, epochs, path, others=()):
-        """PNG of LR, batch, momentum and noise scale against epochs.
+        """PNG of LR, batch, momentum and SGD noise g against epochs.
 
         ``others`` are further plans (e.g. other modes) drawn on the same axes.
         """
@@ -351,7 +442,6 @@ class NoiseScalePlan:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import numpy as np
 
         epochs = _check_number("epochs", epochs, low=0, low_open=True)
         grid = np.linspace(0.0, epochs, 801)
@@ -359,9 +449,9 @@ class NoiseScalePlan:
         for plan in (self, *others):
             points = [plan.at(float(e)) for e in grid]
             label = f"{plan.mode} ({plan.total_updates(epochs)} updates)"
-            for ax, field in zip(axes.flat, ("learning_rate", "batch_size", "momentum", "noise_scale")):
+            for ax, field in zip(axes.flat, ("learning_rate", "batch_size", "momentum", "sgd_noise")):
                 ax.plot(grid, [getattr(p, field) for p in points], label=label)
-                ax.set_title(field.replace("_", " "))
+                ax.set_title(field.replace("_", " ") + (" g" if field == "sgd_noise" else ""))
         for ax in axes.flat:
             ax.set_xlabel("epoch")
         axes[0, 1].set_yscale("log")

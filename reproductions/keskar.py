@@ -230,8 +230,9 @@ def smoke(config):
     the training set (so LB = 10 % of it) and the physical batch 512 ÷
     :data:`SMOKE_SCALE` (1 for the MLPs: SB 256 and LB 6000 as in the paper, LB
     accumulated from micro-batches of at most 512); 0.2 epochs (two LB
-    updates, ~47 SB updates); the sharpness with the paper's ε and 100-d
-    subspace but 2 L-BFGS-B iterations on 256 examples; 3 points of the
+    updates, ~47 SB updates); the sharpness in the full space and in the
+    paper's 100-d subspace (A streamed: 7.3 GB peak for C2's 15M weights; the
+    standard-normal A only) at ε = 1e-3 only, one L-BFGS-B iteration on 256 examples; 3 points of the
     parametric plot; one seed.
     """
     if config.network not in PAPER_SHAPES:
@@ -242,7 +243,8 @@ def smoke(config):
         config, dataset=common.GENERATED, dataset_kwargs=dict(input_shape=shape, num_classes=classes,
                                                               train_size=size // s, test_size=256),
         test_split="test", sb_batch=config.sb_batch // s, max_physical_batch=512 // s, epochs=0.2, seeds=(0,),
-        sharpness_iterations=2, sharpness_examples=256, alphas=(-1.0, 2.0, 3), eval_batch=512, smoke=True)
+        epsilons=(1e-3,), subspace_scales=("standard",), sharpness_iterations=1, sharpness_examples=256,
+        alphas=(-1.0, 2.0, 3), eval_batch=512, smoke=True)
 
 
 # Offline data of the quick preset's networks: the MLP on MNIST-1D, the conv net on 8×8 digit images.
@@ -429,9 +431,10 @@ def _spaces(config, subspace="subspace"):
 
 _SUBSPACE_NOTE = (
     "The paper does not give the scale of the random subspace matrix A. With N(0, 1) entries (the common reading "
-    "of \"randomly generated\", `subspace_scale=\"standard\"`) the box C_ε moves the weights on the scale of the "
-    "full-space box; with N(0, 1/n) entries (unit-norm columns, `\"unit\"`) about √n times less, so little that φ "
-    "follows the gradient rather than the curvature. Both are reported beside Table 4.")
+    "of \"randomly generated\", `bstf.analysis.sharpness`'s default `subspace_scale=\"standard\"`) the box C_ε "
+    "moves the weights on the scale of the full-space box; with N(0, 1/n) entries (unit-norm columns, "
+    "`\"unit\"`) about √n times less, so little that φ follows the gradient rather than the curvature. Both are "
+    "reported beside Table 4 (see docs/reproductions/keskar.md).")
 _NAN_NOTE = "Non-finite losses (nan) mean the network's outputs overflowed at those points."
 
 
@@ -447,25 +450,26 @@ def _pm_sig(values, figures=3):
     return report.pm(mean, std if len(values) > 1 else None, digits=min(digits, 8))
 
 
+def _values(runs, regime, key, eps=None):
+    """Per-seed values of ``runs[regime][key]`` (``[str(eps)]`` for the sharpness)."""
+    return [run[regime][key] if eps is None else run[regime][key][str(eps)] for run in runs]
+
+
 def verdict_rows(config, runs):
     """(claim, paper, ours, verdict) rows of Keskar's claims, each checked against the spread over seeds."""
     paper = PAPER[config.compared_network]
-
-    def vals(r, key, eps=None):
-        return [run[r][key] if eps is None else run[r][key][str(eps)] for run in runs]
-
     rows = []
     for key, label in _spaces(config, f"random {config.subspace_dim}-d subspace"):
         for eps in config.epsilons:
-            d = report.difference(vals("lb", key, eps), vals("sb", key, eps))
-            sb_m, lb_m = np.mean(vals("sb", key, eps)), np.mean(vals("lb", key, eps))
+            sb, lb = _values(runs, "sb", key, eps), _values(runs, "lb", key, eps)
+            d = report.difference(lb, sb)
             p_sb, p_lb = (paper[r].get(key.replace("_unit", ""), {}).get(str(eps)) for r in REGIMES)
             paper_text = f"{p_sb[0]:g} / {p_lb[0]:g} ({p_lb[0] / p_sb[0]:.0f}×)" if p_sb and p_lb and p_sb[0] else "—"
-            ratio = f"{lb_m / sb_m:.3g}×" if sb_m > 0 else "—"
+            ratio = f"{np.mean(lb) / np.mean(sb):.3g}×" if np.mean(sb) > 0 else "—"
             rows.append((f"LB minimisers are sharper ({label}, ε = {eps:g})", paper_text,
-                         f"SB {_pm_sig(vals('sb', key, eps))} / LB {_pm_sig(vals('lb', key, eps))} ({ratio}); "
-                         f"LB − SB {_sig(d)}", report.direction_verdict(d)))
-    d = report.difference(vals("sb", "test_accuracy"), vals("lb", "test_accuracy"))
+                         f"SB {_pm_sig(sb)} / LB {_pm_sig(lb)} ({ratio}); LB − SB {_sig(d)}",
+                         report.direction_verdict(d)))
+    d = report.difference(_values(runs, "sb", "test_accuracy"), _values(runs, "lb", "test_accuracy"))
     p = paper["sb"]["test_accuracy"][0] - paper["lb"]["test_accuracy"][0]
     rows.append(("LB generalises worse (SB − LB test accuracy > 0)", f"{p:+.2f} points",
                  f"{d.text()} points", report.direction_verdict(d)))
@@ -479,43 +483,55 @@ def _sig(d):
     return d.text(digits)
 
 
-def _markdown(config, runs, verdicts, train, test, sb, lb):
-    paper = PAPER[config.compared_network]
-    n = len(runs)
-
-    def vals(r, key, eps=None):
-        return [run[r][key] if eps is None else run[r][key][str(eps)] for run in runs]
-
+def _comparison(config, runs):
+    """Our numbers beside the paper's Tables 2, 3 and 4 (the subspace rows once per scale of A)."""
+    paper, n = PAPER[config.compared_network], len(runs)
     rows = []
     for key, label in (("train_accuracy", "train accuracy (%)"), ("test_accuracy", "test accuracy (%)")):
         for r in REGIMES:
-            rows.append((f"{r.upper()} {label}", vals(r, key), _pm_paper(paper[r][key])))
+            rows.append((f"{r.upper()} {label}", _values(runs, r, key), _pm_paper(paper[r][key])))
     for key, label in _spaces(config, f"{config.subspace_dim}-d subspace"):
         for eps in config.epsilons:
             for r in REGIMES:
                 p = paper[r][key.replace("_unit", "")].get(str(eps))
-                rows.append((f"{r.upper()} sharpness φ, {label}, ε={eps:g}", _pm_sig(vals(r, key, eps)),
+                rows.append((f"{r.upper()} sharpness φ, {label}, ε={eps:g}", _pm_sig(_values(runs, r, key, eps)),
                              _pm_paper(p)))
-    table = report.comparison_table(rows, ours=f"ours ({config.network}, {n} seed{'s' if n > 1 else ''})",
-                                    paper=f"Keskar et al. ({config.compared_network})")
+    return report.comparison_table(rows, ours=f"ours ({config.network}, {n} seed{'s' if n > 1 else ''})",
+                                   paper=f"Keskar et al. ({config.compared_network})")
 
+
+def _per_seed(config, runs):
+    """Epochs, test accuracy, full-space φ at the first ε and the LB/SB ratio of every space, per seed."""
     eps0 = str(config.epsilons[0])
-    seed_rows = []
-    ratio_keys = [k for k, _ in _spaces(config)]
+    rows = []
     for run in runs:
         ratios = []
-        for key in ratio_keys:
+        for key, _ in _spaces(config):
             s_sb, s_lb = run["sb"][key][eps0], run["lb"][key][eps0]
             ratios.append(f"{s_lb / s_sb:.3g}×" if s_sb > 0 else "∞")
-        seed_rows.append([run["seed"], f"{run['sb']['epochs']:g}", f"{run['lb']['epochs']:g}", run["sb"]["test_accuracy"],
-                          run["lb"]["test_accuracy"], f"{run['sb']['sharpness'][eps0]:.3g}",
-                          f"{run['lb']['sharpness'][eps0]:.3g}", *ratios])
-    per_seed = report.markdown_table(
+        rows.append([run["seed"], f"{run['sb']['epochs']:g}", f"{run['lb']['epochs']:g}", run["sb"]["test_accuracy"],
+                     run["lb"]["test_accuracy"], f"{run['sb']['sharpness'][eps0]:.3g}",
+                     f"{run['lb']['sharpness'][eps0]:.3g}", *ratios])
+    return report.markdown_table(
         ["seed", "SB epochs", "LB epochs", "SB test %", "LB test %", f"SB φ(ε={eps0})", f"LB φ(ε={eps0})",
-         *[f"LB/SB φ, {label}" for _, label in _spaces(config)]], seed_rows)
-    headroom = (f"Headroom: SB ends at {report.pm(vals('sb', 'test_accuracy'))} % test accuracy "
-                f"(train {np.mean(vals('sb', 'train_accuracy')):.2f} %).")
+         *[f"LB/SB φ, {label}" for _, label in _spaces(config)]], rows)
 
+
+def _headroom(runs):
+    return (f"Headroom: SB ends at {report.pm(_values(runs, 'sb', 'test_accuracy'))} % test accuracy "
+            f"(train {np.mean(_values(runs, 'sb', 'train_accuracy')):.2f} %).")
+
+
+def _interpolation_table(interp):
+    return report.markdown_table(
+        ["α", "train loss", "test loss", "train acc %", "test acc %"],
+        [[f"{a:.2f}", interp["train_loss"][i], interp["test_loss"][i], 100 * interp["train_accuracy"][i],
+          100 * interp["test_accuracy"][i]]
+         for i, a in enumerate(interp["alpha"]) if i % 3 == 0 or abs(a) < 1e-9 or abs(a - 1) < 1e-9],
+        digits=3)
+
+
+def _markdown(config, runs, verdicts, train, test, sb, lb):
     interp = runs[0]["interpolation"]
     lines = [
         f"# Keskar et al. (2017) — {config.network} on {config.dataset}",
@@ -530,7 +546,7 @@ def _markdown(config, runs, verdicts, train, test, sb, lb):
         f"- sharpness: {config.sharpness_iterations} L-BFGS-B iterations on "
         f"{config.sharpness_examples or train.size} training examples (inference mode); subspace p = "
         f"{config.subspace_dim}; seeds {list(config.seeds)}",
-        f"- {headroom}",
+        f"- {_headroom(runs)}",
         "",
         "## Verdicts", "", report.VERDICT_RULE, "", report.verdict_table(verdicts),
         _SUBSPACE_NOTE,
@@ -542,10 +558,10 @@ def _markdown(config, runs, verdicts, train, test, sb, lb):
         + (" — a different (bigger) problem than this preset's, so compare directions and ratios, not values."
            if config.network != config.compared_network or config.preset != "paper" else "."),
         "",
-        table,
+        _comparison(config, runs),
         "## Per seed",
         "",
-        per_seed,
+        _per_seed(config, runs),
         "## Parametric plot (seed %d)" % runs[0]["seed"],
         "",
         "α = 0 is the SB minimiser, α = 1 the LB minimiser (`interpolation.png` shows the mean over seeds). "
@@ -553,12 +569,7 @@ def _markdown(config, runs, verdicts, train, test, sb, lb):
         "held at the nearer minimiser's values outside it.",
         "",
         *([_NAN_NOTE, ""] if not np.all(np.isfinite(interp["train_loss"] + interp["test_loss"])) else []),
-        report.markdown_table(
-            ["α", "train loss", "test loss", "train acc %", "test acc %"],
-            [[f"{a:.2f}", interp["train_loss"][i], interp["test_loss"][i], 100 * interp["train_accuracy"][i],
-              100 * interp["test_accuracy"][i]]
-             for i, a in enumerate(interp["alpha"]) if i % 3 == 0 or abs(a) < 1e-9 or abs(a - 1) < 1e-9],
-            digits=3),
+        _interpolation_table(interp),
     ]
     return "\n".join(lines)
 

@@ -31,10 +31,10 @@ import numpy as np
 import tensorflow as tf
 
 import bstf
+from bstf import tags
 from reproductions import common, report
 
-# TensorBoard tag names, in bstf.fit's vocabulary (the one place to switch to bstf.tags).
-FINAL_TAG = "final_{}"  # a number known at the end of a run, e.g. final_test_accuracy
+# TensorBoard tags: bstf.fit's vocabulary (bstf.tags) — the run summary's numbers are bstf.tags.final_metric(key).
 RESULTS_TEXT_TAG = "results"  # the results.md table on the summary board
 
 RESULT_KEYS = ("name", "seed", "hparams", "epochs", "updates", "examples", "train_seconds", "batch_size",
@@ -53,7 +53,7 @@ RESULT_KEYS = ("name", "seed", "hparams", "epochs", "updates", "examples", "trai
 """
 CURVE_KEYS = ("examples", "updates", "batch_size", "learning_rate", "loss", "accuracy", "val_loss", "val_accuracy")
 PHASE_KEYS = ("start_epoch", "end_epoch", "batch_size", "physical_batch", "accumulation", "learning_rate",
-              "momentum", "updates")
+              "momentum", "sgd_noise", "updates")
 _PERCENT = ("accuracy", "val_accuracy")
 SPREAD_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 """Summary entries give ``<key>_std`` and ``<key>_per_seed`` for these."""
@@ -201,17 +201,17 @@ def run_records(tree):
 
 
 # ============================================================================ TensorBoard
-def _hparam_value(value):
+def hparam_value(value):
     """bstf.fit's coercion: bool/int/float/str as they are, anything else as JSON text."""
     return value if isinstance(value, (bool, int, float, str)) else json.dumps(report.to_jsonable(value))
 
 
-def _scalars(values, prefix=""):
+def final_scalars(values, prefix=""):
     """{tag: float} of the finite numbers in a (nested) dict; nested keys are joined with ``_``."""
     out = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            out.update(_scalars(value, f"{prefix}{key}_"))
+            out.update(final_scalars(value, f"{prefix}{key}_"))
         elif isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value):
             out[f"{prefix}{key}"] = float(value)
     return out
@@ -234,12 +234,12 @@ class Board:
         """The run's hparams (None dropped) and ``final_<key>`` scalars of the record's numbers."""
         from tensorboard.plugins.hparams import api as hp
 
-        params = {k: _hparam_value(v) for k, v in hparams.items() if v is not None}
-        finals = _scalars({k: v for k, v in record.items() if k not in ("seed", "hparams", "curves", "phases")})
+        params = {k: hparam_value(v) for k, v in hparams.items() if v is not None}
+        finals = final_scalars({k: v for k, v in record.items() if k not in ("seed", "hparams", "curves", "phases")})
         with self._writer.as_default(step=0):
             hp.hparams(params)
             for key, value in finals.items():
-                tf.summary.scalar(FINAL_TAG.format(key), value)
+                tf.summary.scalar(tags.final_metric(key), value)
         self._writer.flush()
 
     def images(self, paths, step=0):

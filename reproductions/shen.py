@@ -673,34 +673,43 @@ def _gradient_table(gradients):
                                   "‖g‖ mean ± std over trials", "values outside the shared bins"], rows)
 
 
-def _markdown(config, summary, acc, runs, sweep, gradients, verdicts, source, train, test):
-    batches = config.batch_sizes
-    n = len(runs)
+def _per_batch_table(config, summary, runs):
     rows = []
-    for b in batches:
+    for b in config.batch_sizes:
         s = summary[str(b)]
         rows.append([b, s["fixed_lr"]["updates"], report.pm(_per_seed(runs, "fixed_lr", b)),
                      report.pm(_per_seed(runs, "fixed_lr", b, "distance_from_init"), digits=3),
                      f"{s['scaled_lr']['learning_rate']:g}", report.pm(_per_seed(runs, "scaled_lr", b)),
                      report.pm(_per_seed(runs, "scaled_lr", b, "distance_from_init"), digits=3)])
-    main_table = report.markdown_table(
+    return report.markdown_table(
         ["batch", "updates", f"test acc % (LR {config.base_lr:g})", "‖w−w₀‖ (fixed LR)", "scaled LR",
          "test acc % (scaled LR)", "‖w−w₀‖ (scaled LR)"], rows)
-    small = batches[0]
-    control_rows = [[small, f"{config.epochs:g}", summary[str(small)]["fixed_lr"]["updates"],
-                     report.pm(_per_seed(runs, "fixed_lr", small))]]
+
+
+def _control_table(config, summary, runs):
+    small = config.batch_sizes[0]
+    rows = [[small, f"{config.epochs:g}", summary[str(small)]["fixed_lr"]["updates"],
+             report.pm(_per_seed(runs, "fixed_lr", small))]]
     for b in config.controls:
         c = summary[str(b)]["control"]
-        control_rows.append([f"{b} (fixed budget)", f"{config.epochs:g}", summary[str(b)]["fixed_lr"]["updates"],
-                             report.pm(_per_seed(runs, "fixed_lr", b))])
-        control_rows.append([f"{b} (control)", f"{c['epochs']:g}", c["updates"], report.pm(_per_seed(runs, "control", b))])
-    control_table = report.markdown_table(["batch", "epochs", "updates", "test acc %"], control_rows)
-    acc_table = report.markdown_table(
+        rows.append([f"{b} (fixed budget)", f"{config.epochs:g}", summary[str(b)]["fixed_lr"]["updates"],
+                     report.pm(_per_seed(runs, "fixed_lr", b))])
+        rows.append([f"{b} (control)", f"{c['epochs']:g}", c["updates"], report.pm(_per_seed(runs, "control", b))])
+    return report.markdown_table(["batch", "epochs", "updates", "test acc %"], rows)
+
+
+def _accumulation_table(acc):
+    return report.markdown_table(
         ["run", "train acc %", "test acc %", "‖w−w₀‖"],
         [[f"true batch {acc['batch_size']}", acc["true_train_accuracy"], acc["true_test_accuracy"],
           acc["true_distance_from_init"]],
-         [f"{acc['batch_size'] // acc['micro_batch']} × {acc['micro_batch']} accumulated", acc["accumulated_train_accuracy"],
-          acc["accumulated_test_accuracy"], acc["accumulated_distance_from_init"]]], digits=3)
+         [f"{acc['batch_size'] // acc['micro_batch']} × {acc['micro_batch']} accumulated",
+          acc["accumulated_train_accuracy"], acc["accumulated_test_accuracy"], acc["accumulated_distance_from_init"]]],
+        digits=3)
+
+
+def _markdown(config, summary, acc, runs, sweep, gradients, verdicts, source, train, test):
+    n, small = len(runs), config.batch_sizes[0]
     lines = [
         f"# Shen — effect of batch size on training dynamics — {config.network} on {config.dataset}",
         "",
@@ -726,10 +735,10 @@ def _markdown(config, summary, acc, runs, sweep, gradients, verdicts, source, tr
         _sweep_table(config, sweep),
         "## Per batch size",
         "",
-        main_table,
+        _per_batch_table(config, summary, runs),
         "## Control: same number of updates",
         "",
-        control_table,
+        _control_table(config, summary, runs),
         "## Gradients at the initial weights",
         "",
         f"Raw gradient values of {config.histogram_trials} random batches per size (the article: 1000), pooled into "
@@ -743,7 +752,7 @@ def _markdown(config, summary, acc, runs, sweep, gradients, verdicts, source, tr
         "order; the accumulated run computes the gradient of each micro-batch and applies their mean once per "
         "effective batch (`bstf.fit(..., max_physical_batch=...)`). Mean over seeds.",
         "",
-        acc_table,
+        _accumulation_table(acc),
     ]
     return "\n".join(lines)
 

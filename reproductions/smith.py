@@ -457,7 +457,8 @@ def _plots(config, summary, workdir, train_size):
     return paths
 
 
-def _markdown(config, summary, verdicts, train, test):
+def _final_table(summary):
+    """Final test accuracy and updates of every schedule beside the paper recipe's update counts."""
     ref = summary.get("decay_lr")
     rows = []
     for s, r in summary.items():
@@ -467,10 +468,14 @@ def _markdown(config, summary, verdicts, train, test):
         paper_fewer = f"{summary_paper_ratio(s):.2f}×"
         rows.append([s, acc, d_acc, r["updates"], fewer, r["max_batch"], f"{r['momentum']:g}",
                      f"{r['train_seconds']:.0f}", r["paper_updates"], paper_fewer, PAPER_CLAIMS[s]])
-    table = report.markdown_table(
+    return report.markdown_table(
         ["schedule", "test acc %", "Δ vs decay_lr", "updates", "fewer than decay_lr", "max batch", "momentum",
          "train s", "paper recipe updates", "paper fewer", "paper's outcome"], rows)
-    notes = []
+
+
+def _notes(summary):
+    """The update saving of increase_batch and the reference arm's headroom, one line each."""
+    ref, notes = summary.get("decay_lr"), []
     if ref is not None and "increase_batch" in summary:
         ratio = ref["updates"] / summary["increase_batch"]["updates"]
         notes.append(f"Increasing the batch takes **{ratio:.2f}×** fewer parameter updates than decaying the LR "
@@ -479,6 +484,10 @@ def _markdown(config, summary, verdicts, train, test):
     if ref is not None:
         notes.append(f"Headroom: decay_lr ends at {report.pm(ref['test_accuracy_per_seed'])} % test accuracy, train "
                      f"{ref['train_accuracy']:.2f} %.")
+    return notes
+
+
+def _markdown(config, summary, verdicts, train, test):
     lines = [
         f"# Smith et al. (2017) — {config.network} on {config.dataset}",
         "",
@@ -491,7 +500,7 @@ def _markdown(config, summary, verdicts, train, test):
         f"{config.target_momentum:g}; weight decay {config.weight_decay:g}; physical batch ≤ "
         f"{config.max_physical_batch} (larger batches accumulate); every schedule starts from the same initial "
         f"weights; seeds {list(config.seeds)}",
-        *[f"- {n}" for n in notes],
+        *[f"- {n}" for n in _notes(summary)],
         "",
         *_verdict_section(verdicts),
         *_curve_section(config, summary),
@@ -501,11 +510,11 @@ def _markdown(config, summary, verdicts, train, test):
         "counts of its WRN-16-4 / CIFAR-10 recipe (ε 0.1, B 128 → ≤ 5120, 200 epochs, computed by "
         "`bstf.NoiseScalePlan`) and its qualitative outcome.",
         "",
-        table,
+        _final_table(summary),
         "## Phases",
         "",
-        report.markdown_table(["schedule", "epochs", "LR", "batch", "accumulation", "momentum", "updates"],
-                              _phase_rows(summary)),
+        report.markdown_table(["schedule", "epochs", "LR", "batch", "accumulation", "momentum", "SGD noise g",
+                               "updates"], _phase_rows(summary)),
         "Plots: `accuracy_vs_epochs.png`, `accuracy_vs_updates.png` (Fig. 2 style), `schedules.png` (LR, batch, "
         "momentum and SGD noise g per epoch).",
     ]
@@ -542,7 +551,8 @@ def _phase_rows(summary):
     for s, r in summary.items():
         for p in r["phases"]:
             rows.append([s, f"{p['start_epoch']:g}–{p['end_epoch']:g}", f"{p['learning_rate']:.4g}",
-                         p["batch_size"], p["accumulation"], f"{p['momentum']:g}", p["updates"]])
+                         p["batch_size"], p["accumulation"], f"{p['momentum']:g}", f"{p['sgd_noise']:.4g}",
+                         p["updates"]])
     return rows
 
 

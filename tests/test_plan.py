@@ -75,14 +75,41 @@ PLANS = {
 
 
 @pytest.mark.parametrize("name", PLANS)
-def test_noise_scale_invariant(name):
+def test_sgd_noise_invariant(name):
     """Outside warmup, every mode and rescaling has the decay-LR schedule's g at every epoch."""
     reference = [g(0.1, 128, 0.9) / 5**i for i in range(4)]  # by hand: g0 = 0.1·N/(128·0.1)
     for epoch in np.linspace(0, 199.9, 60):
         phase = sum(epoch >= m for m in (60, 120, 160))
         point = PLANS[name].at(float(epoch))
         assert g(point.learning_rate, point.batch_size, point.momentum) == pytest.approx(reference[phase], rel=1e-6)
-        assert point.noise_scale == pytest.approx(reference[phase], rel=1e-6)
+        assert point.sgd_noise == pytest.approx(reference[phase], rel=1e-6)
+        assert bstf.plan.sgd_noise(point.learning_rate, N, point.batch_size, point.momentum) == point.sgd_noise
+
+
+def test_noise_scale_names_are_deprecated_aliases_of_sgd_noise():
+    plan = smith()
+    with pytest.warns(DeprecationWarning, match="use PlanPoint.sgd_noise"):
+        assert plan.at(70).noise_scale == plan.at(70).sgd_noise
+    with pytest.warns(DeprecationWarning, match=r"use NoiseScalePlan.sgd_noise\(\)"):
+        assert plan.noise_scale(70) == plan.sgd_noise(70) == pytest.approx(g(0.1, 640, 0.9))
+    phase = plan.phases(200)[1]
+    with pytest.warns(DeprecationWarning, match="use Phase.sgd_noise"):
+        assert phase.noise_scale == phase.sgd_noise
+
+
+def test_phases_count_updates_on_the_clock():
+    """Each phase starts where the previous one's last update ended, at the clock's float32 epoch."""
+    plan = smith(max_batch=None)
+    phases = plan.phases(200)
+    assert [p.index for p in phases] == [0, 1, 2, 3] and phases[0].start_examples == 0
+    for a, b in zip(phases, phases[1:]):
+        assert b.start_examples == a.end_examples
+        assert bstf.clock.epoch_at(b.start_examples, N) >= np.float32(b.start_epoch)
+        assert bstf.clock.epoch_at(b.start_examples - b.batch_size, N) < np.float32(b.start_epoch)
+    assert all(p.physical_batch == p.batch_size and p.accumulation == 1 for p in phases)
+    assert phases[1].with_physical_batch(128).accumulation == 5
+    with pytest.raises(ValueError, match="does not divide"):
+        phases[1].with_physical_batch(100)
 
 
 def test_rescalings_respect_max_batch():

@@ -109,7 +109,7 @@ def test_schedule_realised_exactly_and_logged(tmp_path):
     # LR ramps during warmup (Goyal), then is constant; batch grows 16 -> 32 -> 64 at epochs 1 and 2
     assert lr[0][1] == pytest.approx(0.05) and lr[-1][1] == pytest.approx(0.1)
     assert sorted({b for _, b in batch}) == [16, 32, 64]
-    for tag in ("train/momentum", "train/noise_scale", "train/examples_seen", "train/updates", "train/batch_loss",
+    for tag in ("train/momentum", "train/sgd_noise", "train/examples_seen", "train/updates", "train/batch_loss",
                 "train/epoch_loss", "train/examples_loss", "train/epoch_accuracy", "validation/epoch_loss",
                 "validation/examples_accuracy", "train/plan"):
         assert tag in ev, tag
@@ -260,13 +260,20 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, kill_after):
     assert run(full, 0).returncode == 0
     killed = run(resumed, kill_after)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    with open(resumed / "run.json") as f:
-        assert json.load(f)["updates"] == ((kill_after - 1) // 5) * 5  # the last checkpoint before the kill
+    assert _record(resumed, N)["updates"] == ((kill_after - 1) // 5) * 5  # the last checkpoint before the kill
     done = run(resumed, 0)
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = np.load(full / "final.npz"), np.load(resumed / "final.npz")
     for key in a.files:
         np.testing.assert_allclose(a[key], b[key], atol=1e-6, err_msg=key)
+
+
+def _record(directory, train_size):
+    """The run record of the newest usable checkpoint in ``directory`` (read with the run state itself)."""
+    from bstf.fitting.state import RunState
+
+    with RunState(str(directory), {"clock": bstf.Clock(train_size)}) as state:
+        return state.restore({})
 
 
 def test_checkpoint_of_another_plan_is_refused(tmp_path):
@@ -382,7 +389,7 @@ def test_multi_worker_two_local_processes_equal_single_process(tmp_path, free_po
         mw = json.load(f)
     assert mw["updates"] == h.updates == 45
     np.testing.assert_allclose(mw["val_accuracy"], h.history["val_accuracy"], atol=1e-6)
-    assert os.path.exists(tmp_path / "ckpt" / "run.json")  # the chief checkpoints
+    assert _record(tmp_path / "ckpt", N)["updates"] == 45  # the chief checkpoints
 
 
 # ============================================================================ noise scale from the update's own gradients
@@ -506,13 +513,13 @@ def test_adaptive_bad_input(kwargs, match):
 # ============================================================================ the data stream
 @pytest.mark.parametrize("replay", [True, False], ids=["replayed", "epoch_seeded"])
 def test_stream_is_a_function_of_seed_and_position(monkeypatch, replay):
-    import bstf.training as training
+    from bstf.fitting import stream as stream_module
 
-    monkeypatch.setattr(training, "_REPLAY_LIMIT", 10**9 if replay else 0)
+    monkeypatch.setattr(stream_module, "REPLAY_LIMIT", 10**9 if replay else 0)
     data = tf.data.Dataset.range(50)
 
     def take(start, count, seed=3):
-        stream = training._stream(data, 50, seed, start, start + count, True, None, 200)
+        stream = stream_module.ExampleStream(data, 50, seed, 200).examples(start, start + count)
         return [int(v) for v in stream.take(count)]
 
     whole = take(0, 200)

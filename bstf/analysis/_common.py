@@ -7,6 +7,7 @@ variables after a measurement.
 """
 
 import contextlib
+import numbers
 
 import keras
 import numpy as np
@@ -290,3 +291,25 @@ class MeanLoss:
             grads = [g.numpy().astype(np.float64) * m for g in grads]
             acc = grads if acc is None else [a + g for a, g in zip(acc, grads)]
         return total / self.n, [a / self.n for a in acc]
+
+
+def check_batch_bounds(min_batch, max_batch, granularity):
+    """``(min_batch, max_batch, granularity)`` of a batch controller, validated (multiples, order)."""
+    granularity = check_int("granularity", granularity)
+    min_batch = check_int("min_batch", min_batch)
+    max_batch = check_int("max_batch", max_batch)
+    for name, value in (("min_batch", min_batch), ("max_batch", max_batch)):
+        if value % granularity:
+            raise ValueError(f"{name} must be a multiple of granularity ({granularity}), got {value}.")
+    if max_batch < min_batch:
+        raise ValueError(f"max_batch must be >= min_batch ({min_batch}), got {max_batch}.")
+    return min_batch, max_batch, granularity
+
+
+def check_updates(updates, last_updates):
+    """The update count fed to a controller: an integer >= 0 that never decreases."""
+    if isinstance(updates, bool) or not isinstance(updates, numbers.Integral) or updates < 0:
+        raise ValueError(f"updates must be an integer >= 0, got {updates!r}.")
+    if last_updates is not None and updates < last_updates:
+        raise ValueError(f"updates must not decrease: got {updates} after {last_updates}.")
+    return int(updates)

@@ -10,7 +10,9 @@ stream of B_simple measurements (e.g. from
 ``≈ multiplier · B_simple``, clamped to ``[min_batch, max_batch]`` and rounded
 to a multiple of ``granularity`` (replicas × micro-batch), changed at most once
 every ``every_n_updates`` updates, with the learning rate coupled to it by
-:func:`bstf.schedules.scaled_learning_rate`.
+:func:`bstf.schedules.scaled_learning_rate` or by AdaScale's gain
+(:func:`bstf.analysis.adascale_gain`). :class:`bstf.analysis.GoodputBatch`
+weighs the hardware's throughput in as well.
 """
 
 import math
@@ -19,20 +21,21 @@ import numbers
 import keras
 
 from bstf.analysis import _common
-from bstf.schedules import scaled_learning_rate
-
-_RULES = ("linear", "sqrt", "none")
+from bstf.analysis.goodput import LR_RULES, AdaScaleProgress, LearningRateCoupling, adascale_gain
 
 
 @keras.saving.register_keras_serializable(package="bstf")
-class AdaptiveBatch:
+class AdaptiveBatch(LearningRateCoupling):
     """Batch-size controller: ``batch ≈ multiplier · B_simple`` with the LR coupled.
 
     Args:
       min_batch, max_batch: bounds of the batch, multiples of ``granularity``.
       multiplier: ``c`` in ``B = c · B_simple`` (> 0; 1 = at the noise scale).
       every_n_updates: minimum number of updates between two changes.
-      lr_rule: "linear", "sqrt" or "none" (see :func:`bstf.schedules.scaled_learning_rate`).
+      lr_rule: "linear", "sqrt" or "none" (see :func:`bstf.schedules.scaled_learning_rate`), or
+        "adascale": ``base_lr · r`` with AdaScale's gain ``r`` at the current
+        batch and the latest usable B_simple (``r = 1`` before the first;
+        the LR then changes with every measurement, not only with the batch).
       base_lr, base_batch: the learning rate that works at ``base_batch``.
       granularity: the batch is a multiple of this (e.g. replicas × micro-batch).
       initial_batch: batch before the first measurement (default ``min_batch``;
@@ -44,23 +47,18 @@ class AdaptiveBatch:
     Measurements that are not positive (the two-batch estimator is noisy and
     can go negative when the signal or the noise is too small to resolve) keep
     the current batch; ``+inf`` (no measurable gradient signal) means
-    ``max_batch``. Pure Python: no TensorFlow state.
+    ``max_batch``. Pure Python: no TensorFlow state. :attr:`progress` is
+    AdaScale's scale-invariant clock (base-batch examples, ``Σ r·B₀``).
     """
 
     def __init__(self, min_batch, max_batch, multiplier=1.0, every_n_updates=100, lr_rule="linear", *, base_lr,
                  base_batch, granularity=1, initial_batch=None, allow_decrease=True):
-        self.granularity = _common.check_int("granularity", granularity)
-        self.min_batch = _common.check_int("min_batch", min_batch)
-        self.max_batch = _common.check_int("max_batch", max_batch)
-        for name, value in (("min_batch", self.min_batch), ("max_batch", self.max_batch)):
-            if value % self.granularity:
-                raise ValueError(f"{name} must be a multiple of granularity ({self.granularity}), got {value}.")
-        if self.max_batch < self.min_batch:
-            raise ValueError(f"max_batch must be >= min_batch ({self.min_batch}), got {self.max_batch}.")
+        self.min_batch, self.max_batch, self.granularity = _common.check_batch_bounds(
+            min_batch, max_batch, granularity)
         self.multiplier = _common.check_float("multiplier", multiplier, low=0.0, low_open=True)
         self.every_n_updates = _common.check_int("every_n_updates", every_n_updates)
-        if lr_rule not in _RULES:
-            raise ValueError(f"lr_rule must be one of {_RULES}, got {lr_rule!r}.")
+        if lr_rule not in LR_RULES:
+            raise ValueError(f"lr_rule must be one of {LR_RULES}, got {lr_rule!r}.")
         self.lr_rule = lr_rule
         self.base_lr = _common.check_float("base_lr", base_lr, low=0.0, low_open=True)
         self.base_batch = _common.check_int("base_batch", base_batch)
@@ -74,6 +72,7 @@ class AdaptiveBatch:
             )
         self.initial_batch = initial_batch
         self.allow_decrease = bool(allow_decrease)
+        self._progress = AdaScaleProgress(self.base_batch)
         self.reset()
 
     def reset(self):
@@ -81,22 +80,29 @@ class AdaptiveBatch:
         self.batch = self.initial_batch
         self.last_change = None
         self.last_updates = None
+        self.b_simple = None  # the latest usable measurement (what the AdaScale gain uses)
         self.changes = []  # (updates, batch, lr) at every change
+        self._progress.reset()
 
     def get_state(self):
-        """The controller's state (batch, last change, changes) as a JSON-able dict."""
+        """The controller's state (batch, last change, changes, B_simple, progress) as a JSON-able dict."""
         return {"batch": self.batch, "last_change": self.last_change, "last_updates": self.last_updates,
-                "changes": [list(c) for c in self.changes]}
+                "changes": [list(c) for c in self.changes], "b_simple": self.b_simple,
+                "progress": self._progress.get_state()}
 
     def set_state(self, state):
         """Restores :meth:`get_state`'s dict (e.g. when a checkpointed run resumes)."""
         self.batch, self.last_change, self.last_updates = state["batch"], state["last_change"], state["last_updates"]
         self.changes = [tuple(c) for c in state["changes"]]
+        self.b_simple = state.get("b_simple")  # absent in states saved before lr_rule="adascale"
+        self._progress.set_state(state.get("progress", [self.last_updates or 0, 0.0]))
 
     @property
-    def learning_rate(self):
-        """The LR coupled to the current batch."""
-        return scaled_learning_rate(self.base_lr, self.base_batch, self.batch, self.lr_rule)
+    def gain(self):
+        """AdaScale's gain ``r`` at the current batch and the latest B_simple (1 before any)."""
+        if self.b_simple is None:
+            return 1.0
+        return adascale_gain(1.0, self.b_simple, self.batch, self.base_batch)
 
     def propose(self, b_simple):
         """``multiplier · b_simple`` rounded to the nearest multiple of ``granularity``, clamped."""
@@ -116,13 +122,15 @@ class AdaptiveBatch:
           value only if at least ``every_n_updates`` updates passed since the
           last change (the first change may happen at once), the measurement is
           positive, and (with ``allow_decrease=False``) it would not shrink.
+          Under ``lr_rule="adascale"`` the LR follows every positive
+          measurement.
         """
         b_simple = self._check_b(b_simple)
-        if isinstance(updates, bool) or not isinstance(updates, numbers.Integral) or updates < 0:
-            raise ValueError(f"updates must be an integer >= 0, got {updates!r}.")
-        if self.last_updates is not None and updates < self.last_updates:
-            raise ValueError(f"updates must not decrease: got {updates} after {self.last_updates}.")
-        self.last_updates = int(updates)
+        updates = _common.check_updates(updates, self.last_updates)
+        self._progress.advance(updates, self.gain)  # the gain the LR had since the last call
+        self.last_updates = updates
+        if b_simple > 0:
+            self.b_simple = b_simple
         due = self.last_change is None or updates >= self.last_change + self.every_n_updates
         if due and b_simple > 0:
             proposal = self.propose(b_simple)

@@ -17,11 +17,21 @@ micro-batches of ``small_batch``; the micro-batch gradients give ``|G_small|²``
 (their mean squared norm — several unbiased estimates at once) and their
 example-weighted mean is the gradient of the whole batch, giving ``|G_big|²``.
 The cost is one forward/backward pass over ``big_batch`` examples.
+
+Under ``mixed_float16`` the loss is multiplied by a loss scale before the
+backward pass (small float16 gradients would otherwise underflow to zero) and
+every micro-batch gradient is cast to float32 and divided by the scale before
+anything is summed or squared: the norms are those of the unscaled gradients,
+as in float32. The scale starts at the model's optimizer's current dynamic
+scale (Keras's initial ``2**15`` without a ``LossScaleOptimizer``) and halves
+while a measurement overflows.
 """
 
 import dataclasses
+import math
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -143,6 +153,22 @@ class NoiseScaleAverager:
         return NoiseScaleEstimate(self.b_simple, self.grad_norm_sq, self.trace_sigma)
 
 
+_FLOAT16_INITIAL_SCALE = 2.0**15  # keras.optimizers.LossScaleOptimizer's default initial_scale
+
+
+def _initial_loss_scale(model):
+    """1 unless the model computes in float16; then its optimizer's loss scale (or 2**15)."""
+    layers = model._flatten_layers(include_self=True, recursive=True)
+    if not any(layer.compute_dtype == "float16" for layer in layers):
+        return 1.0
+    optimizer = getattr(model, "optimizer", None)
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):  # bstf's LossScaledAccumulate too
+        return float(optimizer.dynamic_scale.numpy()) if optimizer.built else float(optimizer.initial_scale)
+    if optimizer is not None and optimizer.loss_scale_factor:
+        return float(optimizer.loss_scale_factor)
+    return _FLOAT16_INITIAL_SCALE
+
+
 class GradientNormPairs:
     """Measures (|G_small|², |G_big|²) on one big batch in one ``tf.function``.
 
@@ -157,37 +183,47 @@ class GradientNormPairs:
     Under data parallelism or accumulation the same pair is available for free
     (per-replica and all-reduced gradients); this class is the portable way
     that needs only the model.
+
+    ``loss_scale``: the loss is multiplied by it before the backward pass and
+    each gradient divided by it in float32 (see the module docstring); it
+    halves while a measurement is not finite, down to 1. Default: 1, or for a
+    model computing in float16 its optimizer's current loss scale (``2**15``
+    without one).
     """
 
-    def __init__(self, model, small_batch, big_batch, loss=None, training=True):
+    def __init__(self, model, small_batch, big_batch, loss=None, training=True, loss_scale=None):
         self.small_batch, self.big_batch = _check_batches(small_batch, big_batch)
         self.model = model
+        if loss_scale is None:
+            loss_scale = _initial_loss_scale(model)
+        self.loss_scale = _common.check_float("loss_scale", loss_scale, low=1.0)
         loss_fn = _common.make_loss_fn(model, loss)
         k, r = divmod(self.big_batch, self.small_batch)
         s, n = self.small_batch, self.big_batch
 
-        def grads_of(xb, yb):
+        def grads_of(xb, yb, scale):
             variables = model.trainable_variables
             with tf.GradientTape() as tape:
                 value = loss_fn(xb, yb, training)
-            grads = _common.dense_gradients(tape.gradient(value, variables), variables)
-            return [tf.cast(g, tf.float32) for g in grads]
+                scaled = value * tf.cast(scale, value.dtype)
+            grads = _common.dense_gradients(tape.gradient(scaled, variables), variables)
+            return [tf.cast(g, tf.float32) / scale for g in grads]  # unscaled, in float32
 
         @tf.function
-        def pairs(x, y):
+        def pairs(x, y, scale):
             variables = model.trainable_variables
             acc = [tf.zeros(v.shape, tf.float32) for v in variables]
             small_sq = tf.constant(0.0, tf.float32)
             for i in tf.range(k):
                 start = i * s
                 xb = tf.nest.map_structure(lambda a: a[start:start + s], x)
-                g = grads_of(xb, y[start:start + s])
+                g = grads_of(xb, y[start:start + s], scale)
                 small_sq += _common.sum_of_squares(g)
                 acc = [a + gi for a, gi in zip(acc, g)]
             total = [a * float(s) for a in acc]
             if r:
                 xb = tf.nest.map_structure(lambda a: a[k * s:], x)
-                g = grads_of(xb, y[k * s:])
+                g = grads_of(xb, y[k * s:], scale)
                 total = [t + gi * float(r) for t, gi in zip(total, g)]
             big = [t / float(n) for t in total]
             return small_sq / float(k), _common.sum_of_squares(big)
@@ -196,8 +232,12 @@ class GradientNormPairs:
 
     def __call__(self, x, y):
         """(|G_small|², |G_big|²) as Python floats for one batch of ``big_batch`` examples."""
-        g_small_sq, g_big_sq = self._pairs(x, y)
-        return float(g_small_sq), float(g_big_sq)
+        while True:
+            g_small_sq, g_big_sq = self._pairs(x, y, tf.constant(self.loss_scale, tf.float32))
+            g_small_sq, g_big_sq = float(g_small_sq), float(g_big_sq)
+            if (math.isfinite(g_small_sq) and math.isfinite(g_big_sq)) or self.loss_scale <= 1.0:
+                return g_small_sq, g_big_sq
+            self.loss_scale = max(1.0, self.loss_scale / 2.0)  # the scaled gradient overflowed
 
 
 @dataclasses.dataclass

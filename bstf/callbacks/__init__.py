@@ -2,3 +2,4 @@
 
 from bstf.callbacks.noise_scale import NoiseScaleMonitor
 from bstf.callbacks.dynamics import DistanceFromInit, GradientHistogram
+from bstf.callbacks.plan import FollowPlan

@@ -2,6 +2,6 @@
 
 from keras.optimizers import Lamb
 
-from bstf.optimizers.accumulate import Accumulate
+from bstf.optimizers.accumulate import Accumulate, LossScaledAccumulate
 from bstf.optimizers.lars import LARS
 from bstf.optimizers.sgd import SGD

@@ -38,6 +38,32 @@ expect); ``acc.updates`` (the inner optimizer's ``iterations``) counts
 updates, so the inner learning-rate schedule, momentum and Adam's bias
 correction see updates, not micro-steps.
 
+Loss scaling (``mixed_float16``): put Keras's ``LossScaleOptimizer`` *inside*,
+``Accumulate(keras.optimizers.LossScaleOptimizer(inner), steps)``. That call
+returns a :class:`LossScaledAccumulate`, an Accumulate that is also a
+``LossScaleOptimizer``, so ``model.compile`` under ``mixed_float16`` (and
+``keras.saving.load_model``'s recompile) does not wrap it in a second one. Then:
+
+* the train step scales each micro-batch's loss by the current scale
+  (``acc.scale_loss`` delegates to the loss-scale optimizer); the accumulators
+  hold the *scaled* gradients, summed in float32 (the variables' dtype);
+* the scale changes only when the loss-scale optimizer applies an update, so
+  it is the same for the ``k`` micro-batches of one update (convention: scale
+  held fixed for the cycle, unscaled once, after the sum — exact, the scale
+  being a power of two);
+* at the update the all-reduced mean goes to the loss-scale optimizer, whose
+  one finiteness check therefore sees every micro-batch of every replica: an
+  inf/NaN anywhere skips the whole update on all replicas, halves the scale
+  once, and leaves ``updates`` unchanged; its growth counter counts updates.
+  The accumulators are cleared either way; :attr:`skipped_updates` counts the
+  skips.
+
+The other order, ``LossScaleOptimizer(Accumulate(...))`` (what ``compile``
+builds by itself under ``mixed_float16``), is refused with a ``TypeError``: it
+would take a decision per micro-batch — halving the scale up to ``k`` times
+per update and counting growth in micro-batches — and, Keras 3 reducing
+gradients only inside the inner optimizer, from replica 0's gradients alone.
+
 Loss convention: the per-replica gradients must sum over replicas to the
 micro-batch mean gradient (Keras's ``model.fit`` divides each replica's loss
 by the replica count; custom loops divide the summed loss by the global
@@ -47,7 +73,10 @@ divides the data).
 """
 
 import contextlib
+import copy
+import inspect
 import numbers
+import warnings
 
 import keras
 import tensorflow as tf
@@ -63,6 +92,55 @@ def _tf_variable(v):
 
 def _sq_norm(tensors):
     return tf.add_n([tf.reduce_sum(tf.square(tf.cast(tf.convert_to_tensor(t), tf.float32))) for t in tensors])
+
+
+def _all_finite(tensors):
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
+
+
+_LossScaleOptimizer = keras.optimizers.LossScaleOptimizer
+
+_WRAPPED_ERROR = (
+    "Accumulate must not be wrapped in a LossScaleOptimizer (model.compile does so under a mixed_float16 "
+    "policy): the wrapper would decide on overflow for every micro-batch, halving the loss scale up to k "
+    "times per update, from replica 0's gradients only. Put the loss scale inside: "
+    "bstf.optimizers.Accumulate(keras.optimizers.LossScaleOptimizer(inner), steps) is itself a "
+    "LossScaleOptimizer, which model.compile leaves as it is."
+)
+
+
+def _is_loss_scale_optimizer(optimizer):
+    if isinstance(optimizer, dict):  # a serialized optimizer (Accumulate accepts those too)
+        return optimizer.get("class_name") == "LossScaleOptimizer"
+    return isinstance(optimizer, _LossScaleOptimizer)
+
+
+def _check_optimizer(optimizer):
+    """The optimizer that reduces gradients across replicas (a LossScaleOptimizer's inner one), checked."""
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise TypeError(
+            f"optimizer must be a keras.optimizers.Optimizer, got {type(optimizer).__name__}: {optimizer!r}."
+        )
+    if isinstance(optimizer, Accumulate):
+        raise TypeError("optimizer must not be an Accumulate; wrap the inner optimizer once.")
+    reducer = optimizer.inner_optimizer if isinstance(optimizer, _LossScaleOptimizer) else optimizer
+    if isinstance(reducer, (Accumulate, _LossScaleOptimizer)):
+        raise TypeError(
+            "a LossScaleOptimizer given to Accumulate must wrap a plain optimizer (SGD, Adam, ...), "
+            f"got a LossScaleOptimizer around {type(reducer).__name__}."
+        )
+    if not callable(getattr(reducer, "_all_reduce_sum_gradients", None)):
+        raise TypeError(
+            f"optimizer {type(reducer).__name__} is not a TensorFlow-backend Keras optimizer "
+            "(it lacks _all_reduce_sum_gradients); bstf needs the TensorFlow backend."
+        )
+    if reducer.gradient_accumulation_steps:
+        raise ValueError(
+            "optimizer has Keras's gradient_accumulation_steps="
+            f"{reducer.gradient_accumulation_steps}; use Accumulate's steps instead "
+            "(Keras's accumulation fails under MirroredStrategy)."
+        )
+    return reducer
 
 
 @keras.saving.register_keras_serializable(package="bstf")
@@ -82,7 +160,10 @@ class Accumulate(keras.optimizers.Optimizer):
       optimizer: the ``keras.optimizers.Optimizer`` that applies the averaged
         gradient (SGD, Adam, LARS, ...). Its learning rate, clipping, weight
         decay and EMA act once per update, on the global mean gradient. It
-        belongs to this wrapper from now on (do not also use it alone).
+        belongs to this wrapper from now on (do not also use it alone). For
+        ``mixed_float16``, a ``keras.optimizers.LossScaleOptimizer`` around
+        it: one overflow check and one loss-scale change per update, and the
+        result is a :class:`LossScaledAccumulate` (see the module docstring).
       steps: ``k``, micro-batches per update: an integer >= 1, or an
         integer-valued :class:`bstf.schedules.Schedule` (e.g.
         ``PiecewiseConstant`` with integer values) bound to a
@@ -99,9 +180,10 @@ class Accumulate(keras.optimizers.Optimizer):
       name: optimizer name.
 
     Raises:
-      TypeError: ``optimizer`` is not a Keras optimizer (or is an
-        ``Accumulate``/``LossScaleOptimizer``), ``steps`` is not an integer
-        or a Schedule, ``clock`` is not a Clock.
+      TypeError: ``optimizer`` is not a Keras optimizer, is an ``Accumulate``
+        or a ``LossScaleOptimizer`` around anything but a plain optimizer;
+        ``steps`` is not an integer or a Schedule, ``clock`` is not a Clock;
+        later, a ``LossScaleOptimizer`` wraps this Accumulate.
       ValueError: ``steps < 1``; a steps schedule whose value at epoch 0 is
         not an integer >= 1; an inner optimizer using Keras's own
         ``gradient_accumulation_steps``.
@@ -112,31 +194,17 @@ class Accumulate(keras.optimizers.Optimizer):
     front).
     """
 
+    def __new__(cls, optimizer=None, *args, **kwargs):
+        # Around a LossScaleOptimizer an Accumulate is one too (LossScaledAccumulate), so that Keras does
+        # not wrap it in another when it compiles a mixed_float16 model.
+        if cls is Accumulate and _is_loss_scale_optimizer(optimizer):
+            cls = LossScaledAccumulate
+        return super().__new__(cls)
+
     def __init__(self, optimizer, steps, clock=None, statistics=False, name="accumulate"):
         if isinstance(optimizer, dict):
             optimizer = keras.optimizers.deserialize(optimizer)
-        if not isinstance(optimizer, keras.optimizers.Optimizer):
-            raise TypeError(
-                f"optimizer must be a keras.optimizers.Optimizer, got {type(optimizer).__name__}: {optimizer!r}."
-            )
-        if isinstance(optimizer, Accumulate):
-            raise TypeError("optimizer must not be an Accumulate; wrap the inner optimizer once.")
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            raise TypeError(
-                "optimizer must not be a LossScaleOptimizer; wrap the Accumulate in it instead "
-                "(Keras does so itself under a mixed_float16 policy)."
-            )
-        if not callable(getattr(optimizer, "_all_reduce_sum_gradients", None)):
-            raise TypeError(
-                f"optimizer {type(optimizer).__name__} is not a TensorFlow-backend Keras optimizer "
-                "(it lacks _all_reduce_sum_gradients); bstf needs the TensorFlow backend."
-            )
-        if optimizer.gradient_accumulation_steps:
-            raise ValueError(
-                "optimizer has Keras's gradient_accumulation_steps="
-                f"{optimizer.gradient_accumulation_steps}; use Accumulate's steps instead "
-                "(Keras's accumulation fails under MirroredStrategy)."
-            )
+        reducer = _check_optimizer(optimizer)
         if isinstance(steps, dict):
             steps = keras.saving.deserialize_keras_object(steps)
         if isinstance(steps, Schedule):
@@ -162,20 +230,22 @@ class Accumulate(keras.optimizers.Optimizer):
                 steps.bind(clock)
         if not isinstance(statistics, bool):
             raise TypeError(f"statistics must be True or False, got {statistics!r}.")
-        super().__init__(learning_rate=0.0, name=name)
+        # Named, not super(): in a LossScaledAccumulate the next class is LossScaleOptimizer.
+        keras.optimizers.Optimizer.__init__(self, learning_rate=0.0, name=name)
         self.inner = optimizer
         self.steps = steps if isinstance(steps, Schedule) else int(steps)
         self.statistics = statistics
         self._accumulators = []
         self._reduced_depth = 0  # > 0 while the inner optimizer applies an already reduced gradient
-        original = optimizer._all_reduce_sum_gradients
+        original = reducer._all_reduce_sum_gradients
 
         def all_reduce_sum_gradients(grads_and_vars):
             if self._reduced_depth > 0:
                 return list(grads_and_vars)
             return original(grads_and_vars)
 
-        object.__setattr__(optimizer, "_all_reduce_sum_gradients", all_reduce_sum_gradients)
+        object.__setattr__(reducer, "_all_reduce_sum_gradients", all_reduce_sum_gradients)
+        object.__setattr__(self, "_constructed", True)
 
     # -- delegation to the inner optimizer ------------------------------------------------------
     @property
@@ -197,7 +267,27 @@ class Accumulate(keras.optimizers.Optimizer):
         return self._variables[:] + list(self.inner.variables)
 
     def scale_loss(self, loss):
+        """The inner optimizer's ``scale_loss``: multiplies by the current loss scale, if any."""
         return self.inner.scale_loss(loss)
+
+    @property
+    def loss_scale(self):
+        """The scale the next micro-batch's loss is multiplied by.
+
+        The ``LossScaleOptimizer``'s ``dynamic_scale`` variable, the inner
+        optimizer's ``loss_scale_factor`` (a float), or ``None`` without loss
+        scaling.
+        """
+        if isinstance(self.inner, _LossScaleOptimizer):
+            return self.inner.dynamic_scale if self.inner.built else self.inner.initial_scale
+        return self.inner.loss_scale_factor
+
+    @property
+    def skipped_updates(self):
+        """Updates skipped because a micro-batch's scaled gradient overflowed (int64; 0 without a loss scale)."""
+        if getattr(self, "_skipped", None) is None:
+            return tf.constant(0, tf.int64)
+        return self._skipped
 
     def finalize_variable_values(self, var_list):
         self.inner.finalize_variable_values(var_list)
@@ -206,7 +296,7 @@ class Accumulate(keras.optimizers.Optimizer):
     def build(self, var_list):
         if self.built:
             return
-        super().build(var_list)
+        keras.optimizers.Optimizer.build(self, var_list)  # named, as in __init__
         self.inner.build(var_list)
         strategy = tf.distribute.get_strategy()
 
@@ -225,6 +315,15 @@ class Accumulate(keras.optimizers.Optimizer):
             self._micro_step = local(tf.int64, "micro_step", first)
             self._current_k = local(tf.int64, "current_k", first)
             own = [self._micro_step, self._current_k]
+            if isinstance(self.inner, _LossScaleOptimizer):
+                self._skipped = local(tf.int64, "skipped_updates", first)
+                own.append(self._skipped)
+            elif self.inner.loss_scale_factor is None and keras.config.dtype_policy().name == "mixed_float16":
+                warnings.warn(
+                    "Accumulate under a mixed_float16 policy without loss scaling: small float16 gradients "
+                    "underflow to zero. Wrap the inner optimizer in keras.optimizers.LossScaleOptimizer.",
+                    stacklevel=2,
+                )
             if self.statistics:
                 mean = tf.VariableAggregation.MEAN
                 self._micro_sq_sum = local(tf.float32, "micro_sq_sum", mean)
@@ -264,7 +363,9 @@ class Accumulate(keras.optimizers.Optimizer):
 
         ``g_b`` is the mean gradient of one replica's micro-batch,
         ``b = global micro-batch / num_replicas`` examples. Read it in
-        cross-replica context (eagerly, e.g. from a callback).
+        cross-replica context (eagerly, e.g. from a callback). Both norms are
+        of unscaled gradients (divided by the loss scale, in float32); after a
+        skipped update (loss-scale overflow) both are NaN: no measurement.
         """
         self._require_statistics()
         return self._micro_sq.read_value()
@@ -353,9 +454,10 @@ class Accumulate(keras.optimizers.Optimizer):
                 acc.assign_add(tf.cast(g, acc.dtype))
         if self.statistics:
             # |g_b|² of this replica's micro-batch mean gradient (the sum over replicas of the
-            # per-replica gradients is the global mean, so the replica's own mean is R·g).
+            # per-replica gradients is the global mean, so the replica's own mean is R·g), unscaled.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            self._micro_sq_sum.assign_add(_sq_norm([g for g, _, _ in pairs]) * float(replicas**2))
+            factor = float(replicas**2) / self._squared_scale()
+            self._micro_sq_sum.assign_add(_sq_norm([g for g, _, _ in pairs]) * factor)
         step = self._micro_step.assign_add(1)
         should_apply = step >= k
 
@@ -378,6 +480,14 @@ class Accumulate(keras.optimizers.Optimizer):
 
         return tf.cond(should_apply, apply_update, lambda: tf.constant(False))
 
+    def _squared_scale(self):
+        """(loss scale)² as a float32 tensor, 1 without loss scaling; constant during a cycle."""
+        scale = self.loss_scale
+        if scale is None:
+            return tf.constant(1.0, tf.float32)
+        scale = tf.cast(tf.convert_to_tensor(_tf_variable(scale)), tf.float32)
+        return scale * scale
+
     def _update(self, pairs):
         # 3. Replica context, apply branch only.
         k = tf.cast(self._current_k, tf.float32)
@@ -385,11 +495,18 @@ class Accumulate(keras.optimizers.Optimizer):
         replica_context = tf.distribute.get_replica_context()
         if tf.distribute.get_strategy().num_replicas_in_sync > 1:
             means = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, means)  # the one reduction
+        # The same on every replica (the means are reduced): an overflow in any micro-batch anywhere.
+        finite = _all_finite(means)
         if self.statistics:
-            self._update_sq.assign(_sq_norm(means))
-            self._micro_sq.assign(self._micro_sq_sum / k)
+            nan = tf.constant(float("nan"), tf.float32)
+            self._update_sq.assign(tf.where(finite, _sq_norm(means) / self._squared_scale(), nan))
+            self._micro_sq.assign(tf.where(finite, self._micro_sq_sum / k, nan))
             self._micro_sq_sum.assign(0.0)
+        if getattr(self, "_skipped", None) is not None:
+            self._skipped.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
         with self._already_reduced():
+            # A LossScaleOptimizer checks the same finiteness once: skips the update and halves its
+            # scale, or unscales, applies and counts towards growth.
             self.inner.apply(means, [v for _, _, v in pairs])
         for _, acc, _ in pairs:
             acc.assign(tf.zeros_like(acc))
@@ -407,8 +524,18 @@ class Accumulate(keras.optimizers.Optimizer):
     def __setattr__(self, name, value):
         if name == "_reduced_depth":  # a trace-time counter, not state to track
             object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
+            return
+        if name == "loss_scale_factor" and getattr(self, "_constructed", False):
+            # LossScaleOptimizer.__init__ sets its inner optimizer's loss_scale_factor: the only hook
+            # that catches the wrong order when it is built (model.compile under mixed_float16).
+            caller = inspect.currentframe().f_back.f_locals.get("self")
+            if isinstance(caller, _LossScaleOptimizer):
+                raise TypeError(_WRAPPED_ERROR)
+            if value is not None:
+                raise TypeError(
+                    "Accumulate does not scale losses itself; set loss_scale_factor on the inner optimizer."
+                )
+        super().__setattr__(name, value)
 
     # -- serialization --------------------------------------------------------------------------
     def get_config(self):
@@ -423,8 +550,50 @@ class Accumulate(keras.optimizers.Optimizer):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        config = copy.deepcopy(config)  # LossScaleOptimizer.from_config pops from the dict it is given
         config["optimizer"] = keras.saving.deserialize_keras_object(config["optimizer"], custom_objects=custom_objects)
         if isinstance(config["steps"], dict):
             config["steps"] = keras.saving.deserialize_keras_object(config["steps"], custom_objects=custom_objects)
         return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="bstf")
+class LossScaledAccumulate(Accumulate, keras.optimizers.LossScaleOptimizer):
+    """What ``Accumulate(keras.optimizers.LossScaleOptimizer(inner), steps)`` returns.
+
+    An :class:`Accumulate` (all its behaviour, arguments and counters) whose
+    inner optimizer is a ``LossScaleOptimizer``; it is also an instance of
+    ``LossScaleOptimizer``, so that ``model.compile`` under a
+    ``mixed_float16`` policy — and ``keras.saving.load_model``, which
+    recompiles — does not wrap it in a second loss-scale optimizer. The
+    ``LossScaleOptimizer`` attributes Keras's callbacks read
+    (``inner_optimizer``, ``dynamic_scale``, ...) are those of the inner one.
+    Build it through ``Accumulate``.
+    """
+
+    @property
+    def iterations(self):
+        """Micro-steps, as for every Accumulate (:attr:`updates` counts applied updates)."""
+        return self._iterations
+
+    @property
+    def inner_optimizer(self):
+        """The optimizer that applies the updates (inside the loss-scale optimizer)."""
+        return self.inner.inner_optimizer
+
+    @property
+    def dynamic_scale(self):
+        return self.inner.dynamic_scale
+
+    @property
+    def step_counter(self):
+        """Finite updates since the scale last changed (it doubles after ``dynamic_growth_steps``)."""
+        return self.inner.step_counter
+
+    @property
+    def initial_scale(self):
+        return self.inner.initial_scale
+
+    @property
+    def dynamic_growth_steps(self):
+        return self.inner.dynamic_growth_steps

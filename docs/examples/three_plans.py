@@ -40,7 +40,8 @@ def run(logdir, epochs=30, num_samples=5000):
     test = bstf.data.load("mnist1d", split="test", num_samples=num_samples)
     scale = epochs / 30
     plan = bstf.NoiseScalePlan(train.size, base_lr=0.05, base_batch=32, base_momentum=0.9,
-                               milestones=[10 * scale, 20 * scale, 25 * scale], factor=5, max_batch=4000)
+                               milestones=[10 * scale, 20 * scale, 25 * scale], factor=5,
+                               max_batch=min(4000, train.size))  # no update larger than an epoch
     results = {}
     for mode in ("decay_lr", "increase_batch", "hybrid"):
         model = model_for(train)

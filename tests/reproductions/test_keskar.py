@@ -9,6 +9,7 @@ import pytest
 from absl import app
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import bstf
 from reproductions import common, keskar, report, runner
 
 # ----------------------------------------------------------------------------- flags and presets
@@ -236,7 +237,7 @@ def _check_outputs(res, workdir, config):
 
     run_board = _scalars(workdir / "tensorboard" / "seed0" / "sb")
     tags = set(run_board.Tags()["tensors"])
-    assert {runner.FINAL_TAG.format("test_accuracy"), runner.FINAL_TAG.format("sharpness_0.001"),
+    assert {bstf.tags.final_metric("test_accuracy"), bstf.tags.final_metric("sharpness_0.001"),
             "_hparams_/session_start_info"} <= tags
     assert (workdir / "tensorboard" / "seed0" / "sb" / "train").is_dir()  # bstf.fit's curves
     summary_board = _scalars(workdir / "tensorboard" / "summary")

@@ -66,9 +66,9 @@ def test_fit_and_evaluate_record(tmp_path):
     logdir = tmp_path / "tensorboard" / "seed3" / "grow"
     values, tags = _tags(logdir)
     assert "_hparams_/session_start_info" in tags
-    assert values[runner.FINAL_TAG.format("test_accuracy")] == pytest.approx([record["test_accuracy"]])
-    assert values[runner.FINAL_TAG.format("updates")] == [9.0]
-    assert values[runner.FINAL_TAG.format("weights_norm")] == [1.5]
+    assert values[bstf.tags.final_metric("test_accuracy")] == pytest.approx([record["test_accuracy"]])
+    assert values[bstf.tags.final_metric("updates")] == [9.0]
+    assert values[bstf.tags.final_metric("weights_norm")] == [1.5]
     assert (logdir / "train").is_dir() and (logdir / "validation").is_dir()  # bstf.fit's curves
 
 
@@ -111,7 +111,7 @@ def test_run_records_finds_every_record():
 
 
 def test_hparams_and_scalars_follow_bstf_fits_coercion():
-    assert runner._hparam_value((1, 2)) == "[1, 2]" and runner._hparam_value(np.float32(0.5)) == "0.5"
-    assert runner._hparam_value(3) == 3 and runner._hparam_value("x") == "x"
-    assert runner._scalars({"a": 1, "b": {"0.001": 2.0}, "c": "text", "d": float("nan"), "e": True}) == {
+    assert runner.hparam_value((1, 2)) == "[1, 2]" and runner.hparam_value(np.float32(0.5)) == "0.5"
+    assert runner.hparam_value(3) == 3 and runner.hparam_value("x") == "x"
+    assert runner.final_scalars({"a": 1, "b": {"0.001": 2.0}, "c": "text", "d": float("nan"), "e": True}) == {
         "a": 1.0, "b_0.001": 2.0}

@@ -164,8 +164,8 @@ def _check_outputs(res, workdir, config):
     for png in PNGS:
         assert (workdir / png).read_bytes()[:4] == b"\x89PNG"
     tb = workdir / "tensorboard"
-    assert {runner.FINAL_TAG.format("test_accuracy"), runner.FINAL_TAG.format("distance_from_init"),
-            runner.FINAL_TAG.format("distance_from_init_per_layer_logits")} <= _board(tb / "seed0" / f"fixed_lr_b{small}")
+    assert {bstf.tags.final_metric("test_accuracy"), bstf.tags.final_metric("distance_from_init"),
+            bstf.tags.final_metric("distance_from_init_per_layer_logits")} <= _board(tb / "seed0" / f"fixed_lr_b{small}")
     assert {"accuracy_fixed_lr", "gradient_histogram", runner.RESULTS_TEXT_TAG} <= _board(tb / "summary")
     return on_disk
 
@@ -174,7 +174,7 @@ def test_run_end_to_end_tiny(tmp_path):
     config = _tiny()
     res = _check_outputs(shen.run(config, str(tmp_path)), tmp_path, config)
     run_logs = tmp_path / "tensorboard" / "seed0" / "fixed_lr_b16"
-    assert runner.FINAL_TAG.format("test_accuracy") in _board(run_logs)
+    assert bstf.tags.final_metric("test_accuracy") in _board(run_logs)
     assert (run_logs / "train").is_dir() and (run_logs / "validation").is_dir()  # bstf.fit's own curves
     assert not (tmp_path / "tensorboard" / "lr_sweep" / "b16_lr0.05" / "train").exists()  # sweep runs: no curves
     # accumulation of 4 micro-batches of 16 against the true batch of 64: the same training (no BN, same order)

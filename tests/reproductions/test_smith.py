@@ -59,7 +59,7 @@ def test_schedules_share_the_sgd_noise():
     plans = {s: smith.make_plan(c, 8000, s) for s in smith.SCHEDULES}
     assert plans["increase_momentum"].momentum_value == 0.98 and plans["scaled_lr_batch"].momentum_value == 0.9
     for epoch in np.linspace(0, 19.9, 25):
-        g = {s: p.noise_scale(float(epoch)) for s, p in plans.items()}
+        g = {s: p.sgd_noise(float(epoch)) for s, p in plans.items()}
         assert max(g.values()) == pytest.approx(min(g.values()), rel=1e-6)
 
 
