@@ -227,12 +227,13 @@ def summarise(records):
     The mean of every numeric entry (curves element-wise; integers equal in
     every seed stay integers), ``<key>_std`` (sample std) and
     ``<key>_per_seed`` for :data:`SPREAD_KEYS`, and the first seed's
-    ``hparams`` and ``phases``.
+    ``hparams`` and ``phases``. Curves of unequal length (runs stopped early)
+    are NaN-padded: their mean is NaN after the shortest run's last epoch.
     """
     if not records:
         raise ValueError("summarise needs at least one run record.")
     means, stds = report.aggregate([{k: v for k, v in r.items() if k not in ("name", "hparams", "phases")}
-                                    for r in records])
+                                    for r in _padded_curves(records)])
     out = {k: v for k, v in means.items() if k != "seed"}
     out["seeds"] = [r["seed"] for r in records]
     out["hparams"], out["phases"] = records[0]["hparams"], records[0]["phases"]
@@ -240,6 +241,13 @@ def summarise(records):
         out[f"{key}_std"] = stds[key]
         out[f"{key}_per_seed"] = [r[key] for r in records]
     return out
+
+
+def _padded_curves(records):
+    """The records with every curve NaN-padded to the longest (early stopping ends seeds at different epochs)."""
+    n = max(len(v) for r in records for v in r["curves"].values())
+    return [{**r, "curves": {k: list(v) + [float("nan")] * (n - len(v)) for k, v in r["curves"].items()}}
+            for r in records]
 
 
 def run_records(tree):

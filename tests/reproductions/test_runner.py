@@ -133,3 +133,10 @@ def test_a_diverged_run_is_recorded_not_raised(tmp_path):
     assert [p["batch_size"] for p in record["phases"]] == [16] and record["learning_rate"] == pytest.approx(1e30)
     summary = runner.summarise([record, record])  # a diverged record summarises like any other
     assert summary["diverged_update"] == record["diverged_update"] and math.isnan(summary["test_loss"])
+
+
+def test_summarise_pads_curves_of_runs_stopped_early():
+    short = _fake(1, 80.0, 3.0)
+    short["curves"] = {k: [5.0] for k in runner.CURVE_KEYS}
+    s = runner.summarise([_fake(0, 70.0, 1.0), short])
+    assert s["curves"]["loss"][0] == 3.0 and math.isnan(s["curves"]["loss"][1])
