@@ -143,8 +143,9 @@ class Difference:
 
     Attributes:
       diff: mean over seeds of ``a`` minus mean of ``b``.
-      spread: sample std of that difference, ``√(std_a² + std_b²)`` (the arms' sample stds over seeds);
-        ``None`` with fewer than 2 seeds in an arm (no spread can be measured).
+      spread: sample std of that difference, ``√(std_a² + std_b²)`` (the arms' sample stds over seeds;
+        :func:`paired_difference`: the std of the per-seed differences); ``None`` with fewer than 2 seeds in
+        an arm (no spread can be measured).
       seeds: the smaller number of seeds of the two arms.
     """
 
@@ -171,6 +172,19 @@ def difference(a, b):
     n = int(min(a.size, b.size))
     spread = None if n < 2 else float(np.sqrt(a.var(ddof=1) + b.var(ddof=1)))
     return Difference(float(a.mean() - b.mean()), spread, n)
+
+
+def paired_difference(a, b):
+    """:class:`Difference` of two arms run in pairs, seed by seed (same initial weights and data order).
+
+    The mean of the per-seed differences ``a[i] − b[i]`` ± their sample std: the spread of the arms'
+    difference itself, not of the seeds (which :func:`difference` would count twice).
+    """
+    a, b = np.asarray(list(a), np.float64), np.asarray(list(b), np.float64)
+    if a.size == 0 or a.size != b.size:
+        raise ValueError(f"paired_difference needs one value per seed in both arms, got {a.size} and {b.size}.")
+    d = a - b
+    return Difference(float(d.mean()), None if d.size < 2 else float(d.std(ddof=1)), int(d.size))
 
 
 def direction_verdict(d, sign=1):

@@ -486,7 +486,7 @@ def execute(setup, workdir):
     gradients = gradient_study(setup)
     summary = _summary(config, runs, sweep, gradients)
     accumulation = _accumulation_summary(config, runs)
-    verdicts = verdict_rows(config, runs, sweep, gradients)
+    verdicts = verdict_rows(config, runs, sweep, gradients, train.num_classes)
     pngs = _plots(config, runs, sweep, gradients, workdir, train.size)
     markdown = _markdown(config, summary, accumulation, runs, sweep, gradients, verdicts, source, train, test)
     runner.write_summary_board(workdir, pngs, markdown)
@@ -580,12 +580,18 @@ def _per_seed(runs, study, batch, key="test_accuracy"):
     return [r[study][str(batch)][key] for r in runs]
 
 
-def _finite_scaled(config, runs):
-    """The batch sizes whose scaled-LR runs ended with finite weights in every seed (the others diverged)."""
-    return [b for b in config.batch_sizes if all(np.isfinite(_per_seed(runs, "scaled_lr", b, "distance_from_init")))]
+def _trained_scaled(config, runs, num_classes):
+    """The batch sizes whose scaled-LR runs trained in every seed; the others diverged.
+
+    Trained: finite weights and a final training loss below a uniform guess's, ln(``num_classes``) — a run
+    whose weights blew up without reaching NaN ends above it, at chance accuracy.
+    """
+    return [b for b in config.batch_sizes
+            if all(np.isfinite(_per_seed(runs, "scaled_lr", b, "distance_from_init")))
+            and all(loss < np.log(num_classes) for loss in _per_seed(runs, "scaled_lr", b, "train_loss"))]
 
 
-def verdict_rows(config, runs, sweep, gradients):
+def verdict_rows(config, runs, sweep, gradients, num_classes):
     """(claim, paper, ours, verdict) rows of Shen's observations, each checked against the spread over seeds."""
     small, big = config.batch_sizes[0], config.batch_sizes[-1]
     claims, rows = SHEN["claims"], []
@@ -613,19 +619,19 @@ def verdict_rows(config, runs, sweep, gradients):
                           _per_seed(runs, "fixed_lr", big, "distance_from_init"))
     rows.append((claims["distance"], "yes", " → ".join(dist) + f"; batch {small} − {big}: {d.text(3)}",
                  report.direction_verdict(d)))
-    rows.append(_scaled_distance_row(config, runs))
+    rows.append(_scaled_distance_row(config, runs, num_classes))
     rows.append(_gradient_row(config, gradients))
     acc_true = [r["accumulation"]["true"]["test_accuracy"] for r in runs]
     acc_acc = [r["accumulation"]["accumulated"]["test_accuracy"] for r in runs]
-    d = report.difference(acc_acc, acc_true)
-    rows.append((claims["accumulation"], "yes", f"accumulated − true: {d.text()} points test accuracy; tolerance "
-                 f"{config.tolerance:g}", report.equality_verdict(d, config.tolerance)))
+    d = report.paired_difference(acc_acc, acc_true)  # same seed, weights and data order: compared in pairs
+    rows.append((claims["accumulation"], "yes", f"accumulated − true, paired by seed: {d.text()} points test "
+                 f"accuracy; tolerance {config.tolerance:g}", report.equality_verdict(d, config.tolerance)))
     return rows
 
 
-def _scaled_distance_row(config, runs):
+def _scaled_distance_row(config, runs, num_classes):
     small = config.batch_sizes[0]
-    finite = _finite_scaled(config, runs)
+    finite = _trained_scaled(config, runs, num_classes)
     diverged = [b for b in config.batch_sizes if b not in finite]
     note = f" (diverged at batch {', '.join(map(str, diverged))})" if diverged else ""
     dist = " → ".join(report.pm(_per_seed(runs, "scaled_lr", b, "distance_from_init"), digits=2)

@@ -243,6 +243,17 @@ def test_equality_verdict(a, b, tolerance, expected):
     assert report.equality_verdict(report.difference(a, b), tolerance) == expected
 
 
+def test_paired_difference_is_the_spread_of_the_pairs():
+    a, b = [46.75, 41.80, 48.0], [46.75, 42.00, 47.9]  # seeds differ by 6 points, the pairs by 0.2 at most
+    d = report.paired_difference(a, b)
+    assert d.diff == pytest.approx(-0.1 / 3) and d.spread == pytest.approx(np.std([0.0, -0.2, 0.1], ddof=1))
+    assert d.seeds == 3 and report.equality_verdict(d, 1.0) == report.REPRODUCED
+    assert report.equality_verdict(report.difference(a, b), 1.0) == report.NOT_SEPARABLE  # unpaired: seed spread
+    assert report.paired_difference([1.0], [0.5]).spread is None
+    with pytest.raises(ValueError, match="one value per seed in both arms, got 2 and 3"):
+        report.paired_difference([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
 @pytest.mark.parametrize("a, b, tolerance, expected", [
     ([20.0, 21.0, 22.0], [22.0, 23.0, 24.0], 1.0, report.REPRODUCED),      # -2 ± 1.41: better, bound holds
     ([23.0, 23.5, 24.0], [23.0, 23.2, 23.4], 1.0, report.REPRODUCED),      # +0.3 ± 0.54: 0.84 <= 1
