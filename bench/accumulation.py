@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import bstf  # noqa: E402
+import common  # noqa: E402  (bench/common.py)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 256, "Batch B of one update.")
@@ -51,13 +52,7 @@ flags.DEFINE_bool("mirrored", True, "Also run under MirroredStrategy on 2 logica
 
 def build(optimizer, strategy):
     with strategy.scope():
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([
-            keras.Input((FLAGS.features,)),
-            keras.layers.Dense(FLAGS.width, activation="relu"),
-            keras.layers.Dense(FLAGS.width, activation="relu"),
-            keras.layers.Dense(10),
-        ])
+        model = common.mlp((FLAGS.features,), 10, FLAGS.width)
         model.compile(optimizer(), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         model.optimizer.build(model.trainable_variables)  # slots now, not in the first trace
     traces = []

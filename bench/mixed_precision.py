@@ -23,7 +23,11 @@ the steadier figure on a CPU shared with other jobs. Then the optimizer alone: �
 ``tf.while_loop`` (the optimizers taking turns, cheapest of ``3 × --repeats``
 rounds), which isolates what loss scaling adds to the update from
 the float16 compute (which on a CPU is emulated and slow; on a GPU it is what
-Tensor Cores accelerate). Figures go to stdout as markdown (pasted into
+Tensor Cores accelerate). Also (``--bstf_fit``) the same comparison through
+``bstf.fit`` on one device: a plan of constant batch ``B``, ``max_physical_batch``
+``B`` or ``B/k``, the model compiled with plain SGD (``mixed_float16``: Keras
+wraps it in a ``LossScaleOptimizer``, bstf.fit wraps that in an Accumulate).
+Figures go to stdout as markdown (pasted into
 docs/performance.md, "## Mixed precision").
 """
 
@@ -48,6 +52,7 @@ flags.DEFINE_integer("width", 256, "Hidden width of the MLP.")
 flags.DEFINE_integer("repeats", 5, "Timed epochs per configuration.")
 flags.DEFINE_bool("mirrored", True, "Also run under MirroredStrategy on 2 logical CPUs.")
 flags.DEFINE_bool("fit", True, "Time model.fit epochs (false: only the optimizer-alone table).")
+flags.DEFINE_bool("bstf_fit", True, "Time bstf.fit epochs (one device): float32 vs mixed_float16 vs mixed_bfloat16.")
 
 LSO = keras.optimizers.LossScaleOptimizer
 tf.get_logger().setLevel("ERROR")  # MirroredStrategy's per-reduction INFO lines
@@ -156,6 +161,8 @@ def main(argv):
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.\n")
     if FLAGS.fit:
         fit_table(strategies, x, y)
+    if FLAGS.bstf_fit:
+        bstf_fit_table(x, y)
     optimizer_table()
 
 
@@ -169,6 +176,48 @@ def fit_table(strategies, x, y):
             rate, cpu = results[name]
             base = results["f32_plain" if name.endswith("plain") else "f32_acc"][1]
             print(f"| {strategy_name} | {policy} | {label} | {rate:,.0f} | {cpu / base:.2f} |")
+
+
+def bstf_fit_configurations():
+    """name -> (dtype policy, max_physical_batch, label): bstf.fit of updates of B, plain or k micro-batches.
+
+    Every model is compiled with plain SGD; under mixed_float16 ``model.compile`` wraps it in a
+    LossScaleOptimizer and bstf.fit wraps that in an Accumulate (k >= 1: one loss-scale decision per update).
+    """
+    b, k = FLAGS.batch_size, FLAGS.k
+    return {
+        "f32_plain": ("float32", b, f"k = 1 × {b}"),
+        "f32_acc": ("float32", b // k, f"k = {k} × {b // k}"),
+        "f16_plain": ("mixed_float16", b, f"k = 1 × {b} (`LossScaledAccumulate`, k = 1)"),
+        "f16_acc": ("mixed_float16", b // k, f"k = {k} × {b // k} (`LossScaledAccumulate`)"),
+        "bf16_acc": ("mixed_bfloat16", b // k, f"k = {k} × {b // k}"),
+    }
+
+
+def bstf_fit_table(x, y):
+    """bstf.fit epochs per configuration (one device), interleaved; the fastest epoch's update time (the
+    phase's ``wall_time``: epoch ends excluded) and the cheapest epoch's CPU time relative to float32."""
+    data = tf.data.Dataset.from_tensor_slices((x, y))
+    plan = bstf.NoiseScalePlan(len(x), 0.05, FLAGS.batch_size, base_momentum=0.9)
+    runs = {}
+    for name, (policy, physical, _) in bstf_fit_configurations().items():
+        model = build(policy, sgd, tf.distribute.get_strategy())
+        bstf.fit(model, data, plan, 1, max_physical_batch=physical, shuffle=False, verbose=0, seed=0)  # traces
+        runs[name] = (model, physical, [], [])
+    for _ in range(FLAGS.repeats):
+        for model, physical, wall, cpu in runs.values():
+            start_cpu = time.process_time()
+            history = bstf.fit(model, data, plan, 1, max_physical_batch=physical, shuffle=False, verbose=0, seed=0)
+            cpu.append(time.process_time() - start_cpu)
+            wall.append(sum(p["wall_time"] for p in history.phases))
+    print("\n`bstf.fit` (single device), updates of B = "
+          f"{FLAGS.batch_size}: examples/s of the fastest epoch's updates, CPU time of the cheapest epoch.\n")
+    print("| policy | realisation | examples/s (updates) | CPU time × float32, same batching |")
+    print("|---|---|---:|---:|")
+    for name, (policy, _, label) in bstf_fit_configurations().items():
+        _, _, wall, cpu = runs[name]
+        base = min(runs["f32_plain" if name.endswith("plain") else "f32_acc"][3])
+        print(f"| {policy} | {label} | {len(x) / min(wall):,.0f} | {min(cpu) / base:.2f} |")
 
 
 def optimizer_table():

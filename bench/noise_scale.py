@@ -26,6 +26,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import bstf  # noqa: E402
+import common  # noqa: E402  (bench/common.py)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "mnist1d", "bstf.data.load name of the training set.")
@@ -40,12 +41,7 @@ flags.DEFINE_integer("width", 256, "Hidden width of the MLP.")
 
 
 def build(input_shape, num_classes, width):
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input(input_shape), keras.layers.Flatten(),
-        keras.layers.Dense(width, activation="relu"), keras.layers.Dense(width, activation="relu"),
-        keras.layers.Dense(num_classes),
-    ])
+    model = common.mlp(input_shape, num_classes, width)
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model

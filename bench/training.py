@@ -37,6 +37,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import bstf  # noqa: E402
+import common  # noqa: E402  (bench/common.py)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("part", "all", ["all", "overhead", "checkpoint", "plans"], "What to measure.")
@@ -55,12 +56,7 @@ flags.DEFINE_integer("max_batch", 4000, "Plans part: largest batch (beyond it th
 
 
 def build(data, seed=0):
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input(data.input_shape), keras.layers.Flatten(),
-        keras.layers.Dense(FLAGS.width, activation="relu"), keras.layers.Dense(FLAGS.width, activation="relu"),
-        keras.layers.Dense(data.num_classes),
-    ])
+    model = common.mlp(data.input_shape, data.num_classes, FLAGS.width, seed)
     model.compile(keras.optimizers.SGD(FLAGS.lr, momentum=0.9),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return model

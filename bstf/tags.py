@@ -12,7 +12,8 @@ the update starts:
 * :data:`LEARNING_RATE`, :data:`MOMENTUM` — read from the optimizer before the update runs;
 * :data:`BATCH_SIZE`, :data:`PHYSICAL_BATCH`, :data:`ACCUMULATION`, :data:`SGD_NOISE` — the phase as run;
 * :data:`EPOCH`, :data:`UPDATES` (after the update), :data:`EXAMPLES_SEEN`, :data:`BATCH_LOSS`;
-* :data:`SKIPPED_UPDATES` — with ``on_nonfinite="skip"``: updates skipped so far.
+* :data:`SKIPPED_UPDATES` — with ``on_nonfinite="skip"`` or a loss scale: updates skipped so far;
+* :data:`LOSS_SCALE` — with a ``LossScaleOptimizer`` (``mixed_float16``): the scale the update used.
 
 Noise-scale measurement (``noise_scale_every_n_updates``), stepped by the examples seen after the update:
 :data:`MEASURED_B_SIMPLE`, :data:`MEASURED_GRAD_NORM_SQ`, :data:`MEASURED_TRACE_SIGMA`.
@@ -55,7 +56,10 @@ EXAMPLES_SEEN = "examples_seen"
 BATCH_LOSS = "batch_loss"
 """The training loss after the update: Keras's running mean over the epoch so far."""
 SKIPPED_UPDATES = "skipped_updates"
-"""Updates skipped so far because their gradient was not finite (``on_nonfinite="skip"``)."""
+"""Updates skipped so far because their gradient was not finite (``on_nonfinite="skip"``), or, under
+``mixed_float16``, because a micro-batch's scaled gradient overflowed (the loss scale skipped it)."""
+LOSS_SCALE = "loss_scale"
+"""The dynamic loss scale the update's micro-batches were multiplied by (``mixed_float16`` only)."""
 
 MEASURED_B_SIMPLE = "measured_b_simple"
 """McCandlish et al.'s gradient noise scale B_simple = tr Σ / |G|² (EMA of the two-batch estimates)."""

@@ -34,6 +34,16 @@ Under ``jit_compile`` or on GPU some ops are not bitwise deterministic; on CPU
 with a fixed ``seed`` an interrupted and resumed run ends within 1e-6 of an
 uninterrupted one (tests/test_training.py).
 
+Mixed precision: a model built under ``mixed_bfloat16`` trains as is; under
+``mixed_float16`` compile it with a ``keras.optimizers.LossScaleOptimizer``
+(``model.compile`` adds one): bstf.fit wraps it in
+:class:`bstf.optimizers.Accumulate` even where ``k = 1``, so each update takes
+one loss-scale decision on the replica-reduced gradient. A skipped update's
+examples still advance the clock (it counts examples consumed: epochs stay
+epochs of the data, a resume reads the data where it stopped);
+``history.updates`` counts updates run, ``history.skipped_updates`` those the
+loss scale skipped. See docs/large_batch.md, "Mixed precision".
+
 The parts live in :mod:`bstf.fitting` (spec, stream, trainer, guard, state,
 report); this module holds ``fit`` and the loop.
 """
@@ -90,7 +100,8 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
       seed: shuffle seed (default: drawn at random and saved for resuming).
       verbose: 0 silent, 1 progress bar, 2 one line per epoch; "auto" is 1.
       log_every_n_updates: interval of the per-update TensorBoard scalars
-        (and of the host's look at the non-finite guard).
+        (also written for the first update of every phase) and of the host's
+        look at the non-finite guard.
       checkpoint_every_n_updates: extra checkpoints within epochs.
       validation_batch_size: batch of the evaluation (default: the largest
         physical batch).
@@ -133,13 +144,19 @@ def fit(model, train_data, plan, epochs, *, validation_data=None, strategy=None,
         update whose (replica-reduced) gradient is not finite is not applied —
         weights and optimizer state stay as they were, the clock moves on —
         and counted in ``history.skipped_updates`` (see
-        :mod:`bstf.fitting.guard`).
+        :mod:`bstf.fitting.guard`). Under ``mixed_float16`` (the model
+        compiled with a ``keras.optimizers.LossScaleOptimizer``) overflowing
+        updates are skipped by the loss scale in either mode — once per
+        update, on every replica, the scale halved once — and counted in
+        ``history.skipped_updates``; only a non-finite *unscaled* loss
+        ("raise") or a loss scale below 1 (both modes) is a divergence.
 
     Returns:
       The ``keras.callbacks.History``: ``history.history`` has per-epoch
       lists of the metrics (``val_`` too), ``examples``, ``updates``,
       ``learning_rate``, ``batch_size`` and ``momentum`` (and
-      ``skipped_updates`` with ``on_nonfinite="skip"``); ``history.phases`` a
+      ``skipped_updates`` with ``on_nonfinite="skip"`` or a loss scale, and
+      ``loss_scale`` with a loss scale); ``history.phases`` a
       dict per phase (the fields of :class:`bstf.plan.Phase`, with
       ``updates`` the updates run and ``wall_time`` their seconds);
       ``history.updates``, ``history.examples``, ``history.seed`` and
@@ -235,7 +252,7 @@ class _Run:
         ledger, trainer = self.ledger, self.trainer
         self.callbacks.on_train_batch_begin(ledger.updates)
         started = time.perf_counter()
-        used = trainer.values() if self.board.due(ledger.updates + 1) else None  # before the update runs
+        used = trainer.values() if self.board.due(ledger.updates + 1, phase) else None  # before the update runs
         logs = trainer.update(iterator, phase)
         if used is not None:
             self.board.update(phase, used, ledger, logs, self._count_skipped())
@@ -280,8 +297,10 @@ class _Run:
                       "examples": ledger.examples, "updates": ledger.updates,
                       "learning_rate": scalar(self.trainer.optimizer.learning_rate),
                       "batch_size": phase.batch_size, "momentum": float(spec.plan.momentum_value)}
-        if spec.on_nonfinite == "skip":
+        if spec.on_nonfinite == "skip" or spec.loss_scaled:
             epoch_logs["skipped_updates"] = self._count_skipped()
+        if spec.loss_scaled:
+            epoch_logs["loss_scale"] = self.trainer.loss_scale()
         self.progress.end_epoch(ledger.epoch, ledger, metrics)
         self.board.epoch(metrics, ledger.epoch + 1, ledger.examples)
         self.callbacks.on_epoch_end(ledger.epoch, epoch_logs)
@@ -298,11 +317,12 @@ class _Run:
         if self.state is None:
             return
         self._count_skipped()
-        self.state.save(self.ledger.updates, {**self.spec.identity(), "seed": self.seed, **self.ledger.record(),
+        self.state.save(self.ledger.updates, {**self.spec.identity(), "seed": self.seed,
+                                              "tf_global_seed": _tf_global_seed(), **self.ledger.record(),
                                               "state": self.noise.state()})
 
     def _count_skipped(self):
-        if self.spec.on_nonfinite == "skip":
+        if self.spec.on_nonfinite == "skip" or self.spec.loss_scaled:
             self.ledger.skipped = self.trainer.guard.skipped_updates()
         return self.ledger.skipped
 
@@ -316,11 +336,12 @@ class _Run:
         where = (f"The last good checkpoint is {latest}: rerunning the same call resumes from it."
                  if latest else "No checkpoint was saved before it." if self.state is not None
                  else "Nothing was saved (no checkpoint_dir).")
+        fix = ("or pass on_nonfinite='skip' to skip such updates." if self.spec.on_nonfinite == "raise" else
+               "the loss scale fell below 1 (every update overflowed): skipping cannot get past it.")
         raise NonFiniteLossError(
             f"bstf.fit stopped: the training loss or its gradient was not finite (NaN or infinite) at update {update} "
             f"(epoch {epoch}, {examples} examples seen); no checkpoint was written after it. {where} "
-            "Lower the learning rate (or its warmup target), check the data for NaN/inf, or pass "
-            "on_nonfinite='skip' to skip such updates.",
+            f"Lower the learning rate (or its warmup target), check the data for NaN/inf, {fix}",
             update=update, epoch=epoch, examples=examples, checkpoint=latest)
 
     def _finish(self):
@@ -340,7 +361,18 @@ def _seed(spec, record):
         raise ValueError(
             f"checkpoint_dir {spec.checkpoint_dir!r} holds a run with seed {record['seed']}, now seed={spec.seed}; "
             "refusing to mix them. Use another checkpoint_dir or the same seed.")
+    if record.get("tf_global_seed", _tf_global_seed()) != _tf_global_seed():
+        raise ValueError(
+            f"checkpoint_dir {spec.checkpoint_dir!r} holds a run whose data order was drawn under TensorFlow's global "
+            f"seed {record['tf_global_seed']}; it is now {_tf_global_seed()}, which would reorder the examples after "
+            "the resume point. Call keras.utils.set_random_seed (or tf.random.set_seed) as the first run did before "
+            "bstf.fit, or use another checkpoint_dir.")
     return record["seed"]
+
+
+def _tf_global_seed():
+    """The global seed TensorFlow combines with the stream's shuffle seeds (its default when none was set)."""
+    return int(tf.compat.v1.random.get_seed(1)[0])
 
 
 def _random_seed(strategy):

@@ -37,3 +37,58 @@ def free_ports():
         return found
 
     return ports
+
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+
+class LocalWorkers:
+    """A MultiWorkerMirroredStrategy cluster of local processes on 127.0.0.1 ports (one TF_CONFIG each)."""
+
+    def __init__(self, ports):
+        self.cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+
+    def start(self, command, cwd=None, **env):
+        """One process per worker running ``command`` (a list), stdout and stderr merged; ``env`` added."""
+        return [subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3", **env,
+                 "TF_CONFIG": json.dumps({"cluster": self.cluster, "task": {"type": "worker", "index": i}})})
+            for i in range(len(self.cluster["worker"]))]
+
+    def run(self, command, timeout=300, cwd=None, **env):
+        """Start the workers, wait for all (killed after ``timeout`` s: workers that disagree hang in mismatched
+        collectives), assert every one exited 0 and return their outputs."""
+        procs = self.start(command, cwd=cwd, **env)
+        try:
+            outs = [p.communicate(timeout=timeout)[0] for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        assert all(p.returncode == 0 for p in procs), "\n".join(out[-3000:] for out in outs)
+        return outs
+
+
+    def script(self, directory, source):
+        """The command of a worker script: ``source`` written to ``directory``/worker.py after a preamble that
+        puts the repository and tests/ on ``sys.path`` (this checkout's bstf and tests/workers.py)."""
+        path = os.path.join(str(directory), "worker.py")
+        with open(path, "w") as f:
+            f.write(f"import sys\nsys.path[:0] = [{ROOT!r}, {TESTS!r}]\n{source}")
+        return [sys.executable, path]
+
+    def run_script(self, directory, source, timeout=300, **env):
+        """:meth:`run` the :meth:`script` of ``source``."""
+        return self.run(self.script(directory, source), timeout=timeout, **env)
+
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+
+
+@pytest.fixture
+def local_workers(free_ports):
+    """``local_workers(n=2)``: a :class:`LocalWorkers` cluster on n free ports; ``.run([sys.executable, script])``."""
+    return lambda n=2: LocalWorkers(free_ports(n))

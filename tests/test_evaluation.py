@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -140,19 +139,12 @@ _WORKER = textwrap.dedent("""
 """)
 
 
-def test_two_multi_worker_processes_equal_single_device(tmp_path, free_ports):
+def test_two_multi_worker_processes_equal_single_device(tmp_path, local_workers):
     single = _model(weighted_metrics=["accuracy"])
     np.savez(tmp_path / "data.npz", x=X, y=Y, w=W, **{f"w{i}": v for i, v in enumerate(single.get_weights())})
     script = tmp_path / "worker.py"
     script.write_text(_WORKER.format(root=ROOT, data=str(tmp_path / "data.npz"), out=str(tmp_path)))
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    procs = [subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3",
-             "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
-        for i in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    local_workers().run([sys.executable, str(script)])
     with open(tmp_path / "results.json") as f:
         got = json.load(f)
     want = bstf.evaluate(single, WEIGHTED, batch_size=16)

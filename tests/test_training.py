@@ -1,7 +1,6 @@
 """bstf.fit: the plan realised update by update, accumulation, Mirrored, TensorBoard, kill-and-resume, errors."""
 
 import glob
-import json
 import os
 import signal
 import subprocess
@@ -116,6 +115,19 @@ def test_schedule_realised_exactly_and_logged(tmp_path):
     assert [s for s, _ in ev["train/epoch_loss"]] == [1, 2, 3]
     assert [s for s, _ in ev["validation/examples_loss"]] == h.history["examples"]
     assert os.path.exists(os.path.join(logdir, "plan.png"))
+
+
+def test_first_update_of_every_phase_is_logged(tmp_path):
+    # 15 updates of 16, 8 of 32, 4 of 64 (N = 240): every 10th update plus each phase's first
+    logdir = str(tmp_path / "tb")
+    h = bstf.fit(_model(), DATA, _plan(milestones=[1, 2], batch=16), 3, logdir=logdir, seed=0, verbose=0,
+                 log_every_n_updates=10)
+    assert [p["updates"] for p in h.phases] == [15, 8, 4]
+    updates = [int(u) for _, u in _events(logdir)["train/updates"]]
+    assert updates == [1, 10, 16, 20, 24]  # 24: the last phase's first update
+    # steps are the clock at the update's start: phase 1's 8th update of 32 straddles epoch 2 (480), so
+    # phase 2 starts at 240 + 8 x 32 = 496
+    assert _events(logdir)["train/batch_size"] == [(0, 16), (144, 16), (240, 32), (368, 32), (496, 64)]
 
 
 def test_clock_exact_at_phase_boundaries_and_history():
@@ -282,6 +294,10 @@ def test_checkpoint_of_another_plan_is_refused(tmp_path):
         bstf.fit(_model(), DATA, _plan(factor=4), 1, seed=0, verbose=0, checkpoint_dir=str(tmp_path))
     with pytest.raises(ValueError, match="seed 0, now seed=1"):
         bstf.fit(_model(), DATA, _plan(), 1, seed=1, verbose=0, checkpoint_dir=str(tmp_path))
+    # the stream's shuffle also draws on TensorFlow's global seed: a resume under another one would reorder data
+    model = _model(seed=2)  # keras.utils.set_random_seed(2): the first run built its model under seed 1
+    with pytest.raises(ValueError, match="drawn under TensorFlow's global seed 1; it is now 2, which would reorder"):
+        bstf.fit(model, DATA, _plan(), 1, seed=0, verbose=0, checkpoint_dir=str(tmp_path))
 
 
 def test_finished_run_resumes_as_done(tmp_path):
@@ -343,52 +359,34 @@ def test_max_physical_batch_below_replicas():
 
 # ============================================================================ multi-worker
 _WORKER = textwrap.dedent("""
-    import json, os, sys
-    import numpy as np, keras, tensorflow as tf
-    sys.path.insert(0, {root!r})
-    import bstf
+    import os
+    import bstf, tensorflow as tf, workers
     strategy = bstf.distribute.get_strategy("multi_worker")
-    x, y = np.load({data!r})["x"], np.load({data!r})["y"]
-    with strategy.scope():
-        keras.utils.set_random_seed(1)
-        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
-        model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    x, y = workers.data({data!r})
+    model = workers.classifier(strategy, classes=3, metrics=["accuracy"])
     plan = bstf.NoiseScalePlan(len(x), 0.05, 8, base_momentum=0.9, milestones=[1], factor=2, mode="increase_batch")
     data = tf.data.Dataset.from_tensor_slices((x, y))
     h = bstf.fit(model, data, plan, 2, seed=5, verbose=0, max_physical_batch=8, validation_data=data,
                  checkpoint_dir=os.path.join({out!r}, "ckpt"))
-    if bstf.distribute.is_chief(strategy):
-        np.savez(os.path.join({out!r}, "weights.npz"), *model.get_weights())
-        with open(os.path.join({out!r}, "history.json"), "w") as f:
-            json.dump({{"updates": h.updates, "val_accuracy": h.history["val_accuracy"]}}, f)
+    workers.save({out!r}, model, updates=h.updates, val_accuracy=h.history["val_accuracy"])
 """)
 
 
-def test_multi_worker_two_local_processes_equal_single_process(tmp_path, free_ports):
+def test_multi_worker_two_local_processes_equal_single_process(tmp_path, local_workers):
+    import workers
+
     np.savez(tmp_path / "data.npz", x=X, y=Y)
-    script = tmp_path / "worker.py"
-    script.write_text(_WORKER.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                     data=str(tmp_path / "data.npz"), out=str(tmp_path)))
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    procs = [subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3",
-             "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
-        for i in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    local_workers().run_script(tmp_path, _WORKER.format(data=str(tmp_path / "data.npz"), out=str(tmp_path)))
     # the same run in this process, without a strategy
     single = _model(keras.optimizers.SGD(0.1, momentum=0.9))
     h = bstf.fit(single, DATA, _plan(milestones=[1]), 2, seed=5, verbose=0, max_physical_batch=8,
                  validation_data=DATA)
-    got = np.load(tmp_path / "weights.npz")
-    for a, key in zip(single.get_weights(), got.files):
-        np.testing.assert_allclose(a, got[key], atol=1e-5)
-    with open(tmp_path / "history.json") as f:
-        mw = json.load(f)
-    assert mw["updates"] == h.updates == 45
-    np.testing.assert_allclose(mw["val_accuracy"], h.history["val_accuracy"], atol=1e-6)
+    for task in range(2):
+        weights, fields = workers.results(str(tmp_path), task)
+        for a, b in zip(single.get_weights(), weights):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+        assert fields["updates"] == h.updates == 45
+        np.testing.assert_allclose(fields["val_accuracy"], h.history["val_accuracy"], atol=1e-6)
     assert _record(tmp_path / "ckpt", N)["updates"] == 45  # the chief checkpoints
 
 

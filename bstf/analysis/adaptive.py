@@ -21,7 +21,7 @@ import numbers
 import keras
 
 from bstf.analysis import _common
-from bstf.analysis.goodput import LR_RULES, AdaScaleProgress, LearningRateCoupling, adascale_gain
+from bstf.analysis.goodput import AdaScaleProgress, LearningRateCoupling, adascale_gain
 
 
 @keras.saving.register_keras_serializable(package="bstf")
@@ -57,11 +57,7 @@ class AdaptiveBatch(LearningRateCoupling):
             min_batch, max_batch, granularity)
         self.multiplier = _common.check_float("multiplier", multiplier, low=0.0, low_open=True)
         self.every_n_updates = _common.check_int("every_n_updates", every_n_updates)
-        if lr_rule not in LR_RULES:
-            raise ValueError(f"lr_rule must be one of {LR_RULES}, got {lr_rule!r}.")
-        self.lr_rule = lr_rule
-        self.base_lr = _common.check_float("base_lr", base_lr, low=0.0, low_open=True)
-        self.base_batch = _common.check_int("base_batch", base_batch)
+        self._set_coupling(lr_rule, base_lr, base_batch)
         if initial_batch is None:
             initial_batch = self.min_batch
         initial_batch = _common.check_int("initial_batch", initial_batch)

@@ -489,6 +489,14 @@ class LearningRateCoupling:
     ``gain`` and its :class:`AdaScaleProgress` as ``_progress``.
     """
 
+    def _set_coupling(self, lr_rule, base_lr, base_batch):
+        """Validate and keep the coupling's arguments (ValueError naming the bad one)."""
+        if lr_rule not in LR_RULES:
+            raise ValueError(f"lr_rule must be one of {LR_RULES}, got {lr_rule!r}.")
+        self.lr_rule = lr_rule
+        self.base_lr = _common.check_float("base_lr", base_lr, low=0.0, low_open=True)
+        self.base_batch = _common.check_int("base_batch", base_batch)
+
     @property
     def learning_rate(self):
         """The LR coupled to the current batch."""
@@ -555,11 +563,7 @@ class GoodputBatch(LearningRateCoupling):
         self.min_batch, self.max_batch, self.granularity = _common.check_batch_bounds(
             min_batch, max_batch, granularity)
         self.every_n_updates = _common.check_int("every_n_updates", every_n_updates)
-        if lr_rule not in LR_RULES:
-            raise ValueError(f"lr_rule must be one of {LR_RULES}, got {lr_rule!r}.")
-        self.lr_rule = lr_rule
-        self.base_lr = _common.check_float("base_lr", base_lr, low=0.0, low_open=True)
-        self.base_batch = _common.check_int("base_batch", base_batch)
+        self._set_coupling(lr_rule, base_lr, base_batch)
         if not isinstance(throughput, ThroughputModel):
             raise TypeError(f"throughput must be a bstf.analysis.ThroughputModel, got {type(throughput).__name__}.")
         self.throughput = throughput

@@ -34,7 +34,7 @@ import numpy as np
 from bstf import schedules
 from bstf._checks import check_int
 from bstf.clock import Clock
-from bstf.fitting.checks import check_optimizer
+from bstf.fitting.checks import base_optimizer, check_optimizer
 from bstf.optimizers.accumulate import Accumulate
 from bstf.plan import NoiseScalePlan
 
@@ -109,9 +109,10 @@ class FollowPlan(keras.callbacks.Callback):
                      else self.steps[0])
             accumulate = Accumulate(optimizer, steps, clock=self.clock)
             accumulate.build(model.trainable_variables)
-        optimizer.learning_rate = self.plan.learning_rate
+        base = base_optimizer(optimizer)  # a LossScaleOptimizer's inner one (Accumulate wraps the scale)
+        base.learning_rate = self.plan.learning_rate
         if momentum_follows:
-            optimizer.momentum = self.plan.momentum
+            base.momentum = self.plan.momentum
         model.optimizer = self._accumulate = accumulate
         model.make_train_function(force=True)  # a step traced earlier would not see the new optimizer
 

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["as_dataset", "looks_batched", "check_labelled", "check_plan", "count_examples", "check_size",
-           "check_batch_against_model", "check_writable", "check_optimizer"]
+           "check_batch_against_model", "check_writable", "check_optimizer", "base_optimizer"]
 
 _INT64_MAX = 2**63 - 1
 _SAMPLE = 64  # examples of the first batch checked against the model
@@ -91,10 +91,19 @@ def check_plan(plan, epochs, train_size=None):
 
 
 # ============================================================================ the optimizer
+def base_optimizer(optimizer):
+    """The optimizer whose learning rate and momentum a plan sets: a ``LossScaleOptimizer``'s inner one."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer.inner_optimizer
+    return optimizer
+
+
 def check_optimizer(optimizer, plan, who):
     """Refuses an optimizer ``plan`` cannot drive; True when its momentum follows the plan's schedule.
 
-    ``who`` names what drives it (``"bstf.fit"``, ``"FollowPlan"``) in the messages.
+    ``who`` names what drives it (``"bstf.fit"``, ``"FollowPlan"``) in the messages. A
+    ``LossScaleOptimizer`` (``mixed_float16``) is checked by its inner optimizer, whose learning rate and
+    momentum the plan sets.
     """
     from bstf.optimizers.accumulate import Accumulate
 
@@ -102,10 +111,7 @@ def check_optimizer(optimizer, plan, who):
         raise ValueError(
             f"the model is compiled with a bstf.optimizers.Accumulate; {who} accumulates by itself when the "
             "plan's batch exceeds the physical batch. Compile with the inner optimizer instead.")
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        raise ValueError(
-            f"{who} does not support a LossScaleOptimizer (mixed_float16) yet; use float32 or mixed_bfloat16, "
-            "which needs no loss scaling.")
+    optimizer = base_optimizer(optimizer)  # a LossScaleOptimizer's LR and momentum are its inner optimizer's
     if isinstance(optimizer.get_config().get("learning_rate"), dict):  # a serialized LearningRateSchedule
         raise ValueError(
             f"the optimizer was created with its own learning-rate schedule; {who} sets the learning rate from "

@@ -23,6 +23,17 @@ over its examples, so the data order does not shift. Its batches are also taken 
 loss (the loss tracker is put back to its value after the last applied update), so the history and the
 checkpoints stay finite. Skipped updates are counted (``history.skipped_updates``, TensorBoard
 ``skipped_updates``).
+
+Loss scaling (``mixed_float16``: the compiled optimizer is a ``LossScaleOptimizer``, which the run wraps
+in a :class:`bstf.optimizers.LossScaledAccumulate`): skipping an overflowing update is the loss scale's job
+— it skips the whole update on every replica and halves the scale once — so in neither mode does the
+guard skip anything itself. It watches instead: every micro-batch's unscaled loss (``scale_loss``) and,
+after the loss-scale optimizer's once-per-update ``apply``, whether a loss was non-finite on any replica
+(one scalar all-reduce per update) and whether the scale fell below 1. Overflows are not divergence.
+Divergence is what survives unscaling: a NaN or infinite *unscaled* loss ("raise" stops the run as above;
+"skip" lets the loss scale skip the update and keeps its loss out of the epoch's mean), or a loss scale
+below 1, i.e. updates that overflow even unscaled, which stops the run in both modes (skipping them would
+skip every update from then on). ``skipped_updates`` then counts the loss scale's skips.
 """
 
 import keras
@@ -76,23 +87,43 @@ class Guard:
                          for v in (loss_tracker.variables if loss_tracker is not None and mode == "skip" else [])]
         self._shadow = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, aggregation=v.aggregation,
                                     synchronization=tf.VariableSynchronization.ON_READ) for v in self._tracked]
-        self._patched = None  # (optimizer, attribute name, the instance attribute it replaced or None)
+        # loss scaling: a non-finite unscaled loss on this replica since the last update (0. or 1.)
+        self._loss_bad = tf.Variable(0.0, trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self._scaled = None  # the run's LossScaledAccumulate, if the optimizer is a LossScaleOptimizer
+        self._skipped_base = (0, 0)  # loss scaling: (the run's skipped updates, acc.skipped_updates) at reset
+        self._patched = None  # [(object, attribute name, the instance attribute it replaced or None)]
 
     # ------------------------------------------------------------------ the host side
     def reset(self, skipped):
-        """Before the run: no non-finite update seen; ``skipped`` updates skipped so far (a resumed run's)."""
+        """Before the run (after :meth:`install`): no non-finite update seen; ``skipped`` updates skipped so
+        far (a resumed run's)."""
         self.first_bad.assign(-1)
         self.skipped.assign(skipped)
+        if self._scaled is not None:
+            self._skipped_base = (skipped, int(self._scaled.skipped_updates.numpy()))
 
     def bad_examples(self):
-        """The clock at the start of the first update that was not finite, or None (one host read)."""
-        if self.mode != "raise":
+        """The clock at the start of the first update that was not finite, or None (one host read).
+
+        Without loss scaling only in "raise" mode; with it, in both modes when the loss scale fell below
+        1 (and in "raise" mode at a non-finite unscaled loss)."""
+        if self.mode != "raise" and self._scaled is None:
             return None
         x = int(self.first_bad.numpy())
         return None if x < 0 else x
 
     def skipped_updates(self):
+        """Updates skipped so far: by the guard ("skip"), or by the loss scale (overflows and non-finite
+        losses) when there is one."""
+        if self._scaled is not None:
+            start, base = self._skipped_base
+            return start + int(self._scaled.skipped_updates.numpy()) - base
         return int(self.skipped.numpy())
+
+    @property
+    def loss_scaled(self):
+        return self._scaled is not None
 
     def sync_tracker(self, strategy):
         """After the metrics were reset or restored ("skip"): the loss tracker's copy is its value, per replica."""
@@ -106,31 +137,46 @@ class Guard:
     def _keep_tracker(self):
         for s, v in zip(self._shadow, self._tracked):
             s.assign(v)
+        return tf.constant(True)
 
-    # ------------------------------------------------------------------ the optimizer hook
-    def install(self, optimizer):
-        """Hooks the run's (inner) optimizer: "raise" watches its reduced gradients, "skip" guards ``apply``."""
-        name = "apply" if self.mode == "skip" else "_all_reduce_sum_gradients"
-        hook = self._guarded_apply if self.mode == "skip" else self._watched_reduction
-        self._patched = (optimizer, name, vars(optimizer).get(name))
-        object.__setattr__(optimizer, name, hook(getattr(optimizer, name)))
+    # ------------------------------------------------------------------ the optimizer hooks
+    def install(self, optimizer, accumulate=None):
+        """Hooks the run's optimizer: "raise" watches its reduced gradients, "skip" guards its ``apply``.
+
+        A ``LossScaleOptimizer`` (``optimizer``, inside the run's ``accumulate``) skips overflowing updates
+        itself; in both modes the guard only watches it: ``accumulate.scale_loss`` (the unscaled loss of
+        every micro-batch) and the loss-scale optimizer's ``apply`` (once per update, see
+        :meth:`_watched_loss_scale`).
+        """
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            self._scaled = accumulate
+            hooks = [(accumulate, "scale_loss", self._watched_loss), (optimizer, "apply", self._watched_loss_scale)]
+        elif self.mode == "skip":
+            hooks = [(optimizer, "apply", self._guarded_apply)]
+        else:
+            hooks = [(optimizer, "_all_reduce_sum_gradients", self._watched_reduction)]
+        self._patched = [(obj, name, vars(obj).get(name)) for obj, name, _ in hooks]
+        for obj, name, hook in hooks:
+            object.__setattr__(obj, name, hook(getattr(obj, name)))
 
     def uninstall(self):
-        if self._patched is None:
-            return
-        optimizer, name, previous = self._patched
-        if previous is None:
-            object.__delattr__(optimizer, name)
-        else:
-            object.__setattr__(optimizer, name, previous)
+        for obj, name, previous in reversed(self._patched or []):
+            if previous is None:
+                object.__delattr__(obj, name)
+            else:
+                object.__setattr__(obj, name, previous)
         self._patched = None
+
+    def _record_bad(self, bad):
+        """Replica context: the clock (the update's start) becomes ``first_bad`` at the first ``bad`` update."""
+        bad = tf.logical_and(self.first_bad < 0, bad)
+        self.first_bad.assign(tf.where(bad, self.clock.examples, self.first_bad))
 
     # ------------------------------------------------------------------ "raise": the watched reduction
     def _watched_reduction(self, reduce):
         def reduce_and_watch(grads_and_vars):
             grads_and_vars = reduce(grads_and_vars)
-            bad = tf.logical_and(self.first_bad < 0, tf.logical_not(_finite([g for g, _ in grads_and_vars])))
-            self.first_bad.assign(tf.where(bad, self.clock.examples, self.first_bad))
+            self._record_bad(tf.logical_not(_finite([g for g, _ in grads_and_vars])))
             return grads_and_vars
 
         return reduce_and_watch
@@ -169,6 +215,43 @@ class Guard:
 
     def _skip(self):
         self.skipped.assign_add(1)
+        return self._restore_tracker()
+
+    def _restore_tracker(self):
         for s, v in zip(self._shadow, self._tracked):
             v.assign(s)
         return tf.constant(False)
+
+    # ------------------------------------------------------------------ loss scaling: the watched loss scale
+    def _watched_loss(self, scale_loss):
+        # Replica context, every micro-batch: remember a non-finite unscaled loss on this replica.
+        def scale_and_watch(loss):
+            bad = tf.cast(tf.logical_not(tf.reduce_all(tf.math.is_finite(loss))), tf.float32)
+            self._loss_bad.assign(tf.maximum(self._loss_bad, bad))
+            return scale_loss(loss)
+
+        return scale_and_watch
+
+    def _watched_loss_scale(self, apply):
+        # Replica context, once per update (Accumulate calls it with the reduced mean gradient). The loss
+        # scale optimizer decides itself (skip and halve the scale on an overflow); afterwards every replica
+        # learns whether a micro-batch's unscaled loss was non-finite anywhere (one scalar all-reduce per
+        # update) and reads the same new scale, so all reach the same verdict.
+        def apply_and_watch(grads, trainable_variables=None):
+            apply(grads, trainable_variables)
+            loss_bad = self._loss_bad.read_value()
+            context = tf.distribute.get_replica_context()
+            if context is not None and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+                loss_bad = context.all_reduce(tf.distribute.ReduceOp.SUM, loss_bad)
+            self._loss_bad.assign(0.0)
+            scale = self._scaled.loss_scale
+            scale = tf.convert_to_tensor(scale.value if isinstance(scale, keras.Variable) else scale)
+            collapsed = tf.cast(scale, tf.float32) < 1.0
+            loss_ok = tf.equal(loss_bad, 0.0)
+            if self.mode == "skip":  # the loss scale skipped a non-finite loss: keep it out of the epoch's mean
+                tf.cond(loss_ok, self._keep_tracker, self._restore_tracker)
+                self._record_bad(collapsed)
+            else:
+                self._record_bad(tf.logical_or(tf.logical_not(loss_ok), collapsed))
+
+        return apply_and_watch

@@ -117,8 +117,9 @@ class Board:
 
     def __init__(self, spec):
         self.enabled = bool(spec.logdir) and spec.chief
-        self.every, self.skip = spec.log_every_n_updates, spec.on_nonfinite == "skip"
+        self.every, self.skip = spec.log_every_n_updates, spec.on_nonfinite == "skip" or spec.loss_scaled
         self.train_size = spec.train_size
+        self.logged_phase = None  # start_examples of the phase of the last logged update
         if self.enabled:
             self.writers = {run: tf.summary.create_file_writer(os.path.join(spec.logdir, run))
                             for run in (tags.TRAIN, tags.VALIDATION)}
@@ -137,12 +138,14 @@ class Board:
             hp.hparams(params)
             tf.summary.image(tags.PLAN, tf.image.decode_png(tf.io.read_file(png))[None])
 
-    def due(self, update):
-        """Whether update ``update`` (1-based) is logged."""
-        return self.enabled and update % self.every == 0
+    def due(self, update, phase):
+        """Whether update ``update`` (1-based) of ``phase`` is logged: every ``log_every_n_updates``-th, and the
+        first of each phase (and after a resume), so a phase of few large updates still shows its batch and LR."""
+        return self.enabled and (update % self.every == 0 or phase.start_examples != self.logged_phase)
 
     def update(self, phase, used, ledger, logs, skipped):
-        """Update ``ledger.updates + 1``, which started at ``ledger.examples``, used ``used`` (LR, momentum)."""
+        """Update ``ledger.updates + 1``, which started at ``ledger.examples``, used ``used`` (LR, momentum,
+        and the loss scale under ``mixed_float16``)."""
         lr, m = used["learning_rate"], used["momentum"]
         values = {tags.LEARNING_RATE: lr, tags.MOMENTUM: m, tags.BATCH_SIZE: phase.batch_size,
                   tags.ACCUMULATION: phase.accumulation, tags.PHYSICAL_BATCH: phase.physical_batch,
@@ -151,7 +154,10 @@ class Board:
                   tags.EXAMPLES_SEEN: ledger.examples, tags.BATCH_LOSS: float(logs["loss"])}
         if self.skip:
             values[tags.SKIPPED_UPDATES] = skipped
+        if "loss_scale" in used:
+            values[tags.LOSS_SCALE] = used["loss_scale"]
         self.scalars(tags.TRAIN, values, ledger.examples)
+        self.logged_phase = phase.start_examples
 
     def measured(self, estimate, examples):
         self.scalars(tags.TRAIN, {tags.MEASURED_B_SIMPLE: estimate.b_simple,

@@ -57,6 +57,11 @@ class RunSpec:
     on_nonfinite: str
 
     @property
+    def loss_scaled(self):
+        """Whether the optimizer is a ``LossScaleOptimizer`` (``mixed_float16``): overflows skip updates."""
+        return isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+
+    @property
     def train_size(self):
         return self.plan.train_size
 

@@ -3,8 +3,13 @@
 :class:`Trainer` owns what one update needs — the run's :class:`bstf.Clock`, the plan's learning-rate
 (and momentum) schedules put on the compiled optimizer, a :class:`bstf.optimizers.Accumulate` when a
 phase accumulates (or the noise scale is measured, or updates are skipped), the batch controller's
-:class:`~bstf.fitting.control.Control` (its LR and ``k`` held in variables), the non-finite :class:`~bstf.fitting.guard.Guard` and the traced micro-step — and puts the
-model back as it was when the run ends (``with Trainer(spec) as trainer:``).
+:class:`~bstf.fitting.control.Control` (its LR and ``k`` held in variables), the non-finite :class:`~bstf.fitting.guard.Guard` and the traced
+micro-step — and puts the model back as it was when the run ends (``with Trainer(spec) as trainer:``).
+
+Under ``mixed_float16`` the compiled optimizer is a ``LossScaleOptimizer``: it is always wrapped in an
+Accumulate (``k = 1`` where the plan needs no accumulation), which makes it a
+:class:`bstf.optimizers.LossScaledAccumulate` — one overflow decision per update, on the gradient reduced
+over replicas — and the plan's learning rate and momentum go on its inner optimizer (``self.base``).
 
 A later ``bstf.fit`` of the same model, optimizer and plan reuses the clock and the traced step (as
 ``model.fit`` reuses its ``train_function``): the trace captured the clock and the plan's constants.
@@ -20,6 +25,7 @@ import tensorflow as tf
 from bstf import schedules
 from bstf.analysis.noise_scale import NoiseScaleAverager, estimate_grad_norm_sq, estimate_trace_sigma
 from bstf.clock import Clock
+from bstf.fitting.checks import base_optimizer
 from bstf.fitting.control import Control
 from bstf.fitting.guard import Guard
 from bstf.fitting.spec import physical_batch
@@ -34,6 +40,7 @@ class Trainer:
 
     def __init__(self, spec):
         self.spec, self.model, self.optimizer = spec, spec.model, spec.optimizer
+        self.base = base_optimizer(self.optimizer)  # whose LR and momentum the plan sets (inside a loss scale)
         self._key = _cache_key(spec)
         cached = _CACHE.get(self.model)
         if (self._key is not None and cached is not None and cached["key"] == self._key
@@ -78,7 +85,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run's optimizer, and back
     def __enter__(self):
-        spec, opt = self.spec, self.optimizer
+        spec, opt = self.spec, self.base
         self._saved = (opt._learning_rate, getattr(opt, "momentum", None), self.model.train_function)
         # The plan's LR schedule replaces the LR variable for the run (the variable stays tracked, so the
         # optimizer's variable list — and saved files — keep their layout; it gets the final LR at the end).
@@ -87,7 +94,7 @@ class Trainer:
             opt.momentum = spec.plan.momentum
         if self.accumulate is not None:
             self.model.optimizer = self.accumulate
-        self.guard.install(opt)
+        self.guard.install(self.optimizer, self.accumulate)
         self.model.train_function = self._step
         return self
 
@@ -95,7 +102,7 @@ class Trainer:
         _CACHE[self.model] = {"key": self._key, "optimizer": self.optimizer, "strategy": self.spec.strategy,
                               "clock": self.clock, "accumulate": self.accumulate,
                               "guard": self.guard, "step": self._step}
-        opt = self.optimizer
+        opt = self.base
         self.guard.uninstall()
         final_lr = float(keras.ops.convert_to_numpy(opt.learning_rate))
         original_lr, original_momentum, original_train_function = self._saved
@@ -104,7 +111,7 @@ class Trainer:
             original_lr.assign(final_lr)
         if self.spec.momentum_follows:
             opt.momentum = original_momentum
-        self.model.optimizer = opt
+        self.model.optimizer = self.optimizer
         # model.fit must not run bstf's step (it reads the run's clock): give Keras its own function back.
         self.model.train_function = None if self.accumulate is not None else original_train_function
 
@@ -112,7 +119,8 @@ class Trainer:
         """What a checkpoint of the run holds besides its record: the model's variables (weights, and the
         seed states of its random layers), the compiled optimizer's state — never an Accumulate's (its
         accumulators are zero at the update boundaries where checkpoints fall), so runs with and without
-        accumulation share checkpoints — the clock and the metric accumulators."""
+        accumulation share checkpoints — the clock and the metric accumulators. A ``LossScaleOptimizer``'s
+        dynamic scale and growth counter are its variables: saved with it, so a resume keeps the scale."""
         plain = lambda vs: [v.value if isinstance(v, keras.Variable) else v for v in vs]  # noqa: E731
         # (the model's own keras.Variable objects: the optimizer tracks the same ones, so each is saved once)
         return {"model_variables": list(self.model.variables), "optimizer": self.optimizer, "clock": self.clock,
@@ -143,9 +151,16 @@ class Trainer:
 
     def values(self):
         """The learning rate and momentum the next update uses, read from the optimizer (a host sync)."""
-        momentum = self.optimizer.momentum if self.spec.momentum_follows else self.spec.plan.momentum_value
-        return {"learning_rate": scalar(self.optimizer.learning_rate),
-                "momentum": scalar(momentum() if callable(momentum) else momentum)}
+        momentum = self.base.momentum if self.spec.momentum_follows else self.spec.plan.momentum_value
+        values = {"learning_rate": scalar(self.base.learning_rate),
+                  "momentum": scalar(momentum() if callable(momentum) else momentum)}
+        if self.spec.loss_scaled:
+            values["loss_scale"] = self.loss_scale()
+        return values
+
+    def loss_scale(self):
+        """The loss scale the next update's micro-batches are multiplied by (``mixed_float16``), or None."""
+        return scalar(self.optimizer.dynamic_scale) if self.spec.loss_scaled else None
 
     def gradient_norms(self):
         """(|g_b|², |G_B|²) of the last update (``noise_scale_every_n_updates``): see Accumulate."""
@@ -155,7 +170,10 @@ class Trainer:
 def _accumulation_steps(spec):
     """Accumulate's ``steps`` (k per plan phase, a schedule on the clock), or None when no Accumulate is needed."""
     measure = spec.noise_scale_every_n_updates is not None
-    if not (measure or spec.on_nonfinite == "skip" or any(p.accumulation > 1 for p in spec.phases)):
+    # A loss scale always sits inside an Accumulate (k >= 1): one overflow decision per update, on the
+    # gradient reduced over replicas (see bstf.optimizers.LossScaledAccumulate).
+    if not (measure or spec.on_nonfinite == "skip" or spec.loss_scaled
+            or any(p.accumulation > 1 for p in spec.phases)):
         return None
     if spec.adaptive is not None:
         return 1  # replaced by the held k

@@ -50,7 +50,7 @@ def screenshot(url, out, width=1400, height=900, wait=12.0, local_storage=(), po
     proc = subprocess.Popen(
         [_browser(), "--no-sandbox", "--disable-gpu", "--disable-3d-apis", "--disable-webgl",
          "--hide-scrollbars", f"--window-size={width},{height}", f"--user-data-dir={profile}",
-         f"--remote-debugging-port={port}", "about:blank"],
+         f"--remote-debugging-port={port}", "--remote-allow-origins=*", "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):

@@ -92,6 +92,29 @@ def test_momentum_follows_the_plan_with_bstf_sgd():
     np.testing.assert_allclose(float(model.optimizer.inner.current_momentum()), 0.95, rtol=1e-6)
 
 
+def test_mixed_float16_follows_the_plan_as_bstf_fit_does():
+    """A LossScaleOptimizer: the plan drives its inner SGD, Accumulate makes one loss-scale decision per update."""
+    before = keras.config.dtype_policy().name
+    models = []
+    try:
+        for _ in range(2):
+            keras.mixed_precision.set_dtype_policy("mixed_float16")
+            models.append(_model(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1, momentum=0.9),
+                                                                     initial_scale=2.0**10)))
+    finally:
+        keras.mixed_precision.set_dtype_policy(before)
+    reference, model = models
+    h = bstf.fit(reference, DATA, _plan(), 3, max_physical_batch=B, shuffle=False, seed=0, verbose=0)
+    follow = FollowPlan(_plan(), batch_size=B)
+    model.fit(X, Y, batch_size=B, epochs=3, shuffle=False, verbose=0, callbacks=[follow])
+    assert isinstance(model.optimizer, bstf.optimizers.LossScaledAccumulate)
+    assert int(model.optimizer.updates.numpy()) == h.updates == 44 and h.skipped_updates == 0
+    inner = model.optimizer.inner.inner_optimizer
+    assert float(inner.learning_rate) == pytest.approx(_plan().at(3.0).learning_rate, rel=1e-6)
+    for a, b in zip(reference.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
 def test_mirrored_equals_one_device():
     if len(tf.config.list_logical_devices("CPU")) < 2:
         pytest.skip("needs 2 logical CPUs (tests/conftest.py)")

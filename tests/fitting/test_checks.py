@@ -222,8 +222,6 @@ BAD_OPTIMIZERS = [
      "the optimizer was created with its own learning-rate schedule; bstf.fit sets the learning rate from the plan"),
     (bstf.optimizers.Accumulate(keras.optimizers.SGD(0.1, momentum=0.9), 2),
      "compiled with a bstf.optimizers.Accumulate; bstf.fit accumulates by itself"),
-    (keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1, momentum=0.9)),
-     r"bstf.fit does not support a LossScaleOptimizer \(mixed_float16\) yet"),
 ]
 
 
@@ -231,6 +229,17 @@ BAD_OPTIMIZERS = [
 def test_check_optimizer_refuses_what_the_plan_cannot_drive(optimizer, match):
     with pytest.raises(ValueError, match=match):
         checks.check_optimizer(optimizer, _plan(), "bstf.fit")
+
+
+def test_check_optimizer_checks_a_loss_scale_optimizer_by_its_inner_one():
+    lso = keras.optimizers.LossScaleOptimizer
+    plan = _plan()
+    sgd = lso(keras.optimizers.SGD(0.1, momentum=0.9))
+    assert checks.check_optimizer(sgd, plan, "bstf.fit") is False
+    assert checks.base_optimizer(sgd) is sgd.inner_optimizer
+    assert checks.check_optimizer(lso(bstf.optimizers.SGD(0.1)), plan, "bstf.fit") is True
+    with pytest.raises(ValueError, match=r"the plan assumes momentum 0.9 .* the optimizer's momentum is 0.5"):
+        checks.check_optimizer(lso(keras.optimizers.SGD(0.1, momentum=0.5)), plan, "bstf.fit")
 
 
 @pytest.mark.parametrize("optimizer, follows", [

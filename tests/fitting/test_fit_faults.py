@@ -357,83 +357,60 @@ def test_second_run_on_a_live_runs_checkpoint_dir_is_refused(tmp_path):
 
 # ============================================================================ preemption across workers
 _WORKER = """
-import json, os, signal, sys
-import numpy as np, keras, tensorflow as tf
-sys.path.insert(0, {root!r})
-import bstf
+import json, os, signal
+import bstf, keras, tensorflow as tf, workers
 strategy = bstf.distribute.get_strategy("multi_worker")
-x, y = np.load({data!r})["x"], np.load({data!r})["y"]
-with strategy.scope():
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(2)])
-    model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-kill_at, task = int(os.environ.get("KILL_AT_UPDATE", 0)), json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+x, y = workers.data({data!r})
+model = workers.classifier(strategy, metrics=["accuracy"])
+kill_at = int(os.environ.get("KILL_AT_UPDATE", 0))
 
 class Preempt(keras.callbacks.Callback):  # SIGKILLs worker KILL_TASK right after update KILL_AT_UPDATE
     def on_train_batch_end(self, batch, logs=None):
-        if batch + 1 == kill_at and task == int(os.environ["KILL_TASK"]):
+        if batch + 1 == kill_at and workers.task() == int(os.environ["KILL_TASK"]):
             os.kill(os.getpid(), signal.SIGKILL)
 
 plan = bstf.NoiseScalePlan(len(x), 0.05, 8, base_momentum=0.9, milestones=[1], factor=2, mode="increase_batch")
 if os.environ.get("SEED_ONLY"):  # no seed given: every worker must draw the chief's
     h = bstf.fit(model, tf.data.Dataset.from_tensor_slices((x, y)), plan, 0.1, verbose=0)
-    with open(os.path.join({out!r}, f"seed{{task}}.json"), "w") as f:
+    with open(os.path.join({out!r}, f"seed{{workers.task()}}.json"), "w") as f:
         json.dump(h.seed, f)
     sys.exit(0)
 h = bstf.fit(model, tf.data.Dataset.from_tensor_slices((x, y)), plan, 2, seed=5, verbose=0, max_physical_batch=8,
              checkpoint_dir=os.path.join({out!r}, "ckpt"), checkpoint_every_n_updates=4, callbacks=[Preempt()])
-if bstf.distribute.is_chief(strategy):
-    np.savez(os.path.join({out!r}, "weights.npz"), *model.get_weights())
-    with open(os.path.join({out!r}, "history.json"), "w") as f:
-        json.dump({{"updates": h.updates, "examples": h.examples, "loss": h.history["loss"],
-                   "phases": [p["updates"] for p in h.phases]}}, f)
+workers.save({out!r}, model, updates=h.updates, examples=h.examples, loss=h.history["loss"],
+             phases=[p["updates"] for p in h.phases])
 """
 
 
 @pytest.mark.slow
-def test_sigkill_one_of_two_workers_then_restart_both_equals_uninterrupted(tmp_path, free_ports):
+def test_sigkill_one_of_two_workers_then_restart_both_equals_uninterrupted(tmp_path, local_workers):
     """Also: without a seed, both workers draw the chief's."""
     import json
     import signal
-    import subprocess
-    import sys
+
+    import workers
 
     np.savez(tmp_path / "data.npz", x=X, y=Y)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    script = tmp_path / "worker.py"
-    script.write_text(_WORKER.format(root=root, data=str(tmp_path / "data.npz"), out=str(tmp_path)))
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-
-    def launch(**env):
-        return [subprocess.Popen(
-            [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3", **env,
-                 "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
-            for i in range(2)]
-
+    cluster = local_workers()
+    command = cluster.script(tmp_path, _WORKER.format(data=str(tmp_path / "data.npz"), out=str(tmp_path)))
     # without a seed, the workers draw one (the chief's), so they read one shuffled stream
-    procs = launch(SEED_ONLY="1")
-    assert [p.wait(timeout=300) for p in procs] == [0, 0], procs[0].communicate()[0][-3000:]
+    cluster.run(command, SEED_ONLY="1")
     seeds = [json.loads((tmp_path / f"seed{i}.json").read_text()) for i in range(2)]
     assert seeds[0] == seeds[1]
     # worker 1 is SIGKILLed after update 15 (saves after 4, 8, 12): worker 0 then waits in the next all-reduce
-    procs = launch(KILL_AT_UPDATE="15", KILL_TASK="1")
+    procs = cluster.start(command, KILL_AT_UPDATE="15", KILL_TASK="1")
     assert procs[1].wait(timeout=300) == -signal.SIGKILL, procs[1].communicate()[0][-3000:]
     procs[0].send_signal(signal.SIGKILL)  # the survivor is stuck: preempted with it (the lock goes with it)
     procs[0].wait(timeout=60)
-    assert not (tmp_path / "weights.npz").exists() and _ckpt_numbers(tmp_path / "ckpt") == [8, 12]
-    procs = launch()  # the same command again: both resume from ckpt-12
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    assert not (tmp_path / "weights0.npz").exists() and _ckpt_numbers(tmp_path / "ckpt") == [8, 12]
+    cluster.run(command)  # the same command again: both resume from ckpt-12
     # the uninterrupted run in this process, without a strategy (two workers == one, tests/test_training.py)
     single = _model()
     h = bstf.fit(single, _data(), _plan(milestones=[1], factor=2, mode="increase_batch"), 2, seed=5, verbose=0,
                  max_physical_batch=8)
-    got = np.load(tmp_path / "weights.npz")
-    for a, key in zip(single.get_weights(), got.files):
-        np.testing.assert_allclose(a, got[key], atol=1e-5)
-    with open(tmp_path / "history.json") as f:
-        resumed = json.load(f)
-    assert (resumed["updates"], resumed["examples"], resumed["phases"]) == (h.updates, h.examples, [12, 6])
-    np.testing.assert_allclose(resumed["loss"], h.history["loss"], atol=1e-5)
+    for task in range(2):
+        weights, resumed = workers.results(str(tmp_path), task)
+        for a, b in zip(single.get_weights(), weights):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+        assert (resumed["updates"], resumed["examples"], resumed["phases"]) == (h.updates, h.examples, [12, 6])
+        np.testing.assert_allclose(resumed["loss"], h.history["loss"], atol=1e-5)

@@ -1,6 +1,5 @@
 import os
 import json
-import subprocess
 import sys
 import textwrap
 
@@ -227,26 +226,12 @@ _WORKER = textwrap.dedent(
 )
 
 
-def test_multi_worker_two_local_processes(tmp_path, free_ports):
+def test_multi_worker_two_local_processes(tmp_path, local_workers):
     """Two worker processes on 127.0.0.1, global micro-batch 16 (8 per worker), k = 2 == batch 32."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     script = tmp_path / "worker.py"
     script.write_text(_WORKER.format(root=root))
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for i in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-                   TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    try:
-        outs = [p.communicate(timeout=240) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-        result = json.loads(out.strip().splitlines()[-1])
+    for out in local_workers().run([sys.executable, str(script)], timeout=240):
+        result = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
         assert result["updates"] == 8  # 2 epochs x 128 / 32
         assert result["diff"] < 1e-5, result
