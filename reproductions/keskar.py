@@ -96,9 +96,8 @@ PAPER = {
                   "sharpness_subspace": {"0.001": (72.99, 10.96), "0.0005": (19.85, 4.12)}}},
 }
 REGIMES = ("sb", "lb")
-# A seed shows the paper's direction when LB φ (first ε) is at least this many times SB φ and LB test
-# accuracy is not above SB's (the paper: 7–170× sharper, 0.2–5 points lower).
-SHARPER_FACTOR = 2.0
+SUBSPACE_KEYS = {"standard": "sharpness_subspace", "unit": "sharpness_subspace_unit"}
+"""The record key of the subspace sharpness for each scale of A (``bstf.analysis.sharpness(subspace_scale=)``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +116,9 @@ class KeskarConfig(common.Config):
         by ``min_delta`` for ``patience`` epochs ("until the loss stops improving").
       epsilons: box sizes ε of the sharpness.
       subspace_dim: dimension p of the random subspace (100).
+      subspace_scales: the entries of the random A, each measured (``bstf.analysis.sharpness``'s
+        ``subspace_scale``): ``"standard"`` N(0, 1) — recorded as ``sharpness_subspace`` — and ``"unit"``
+        N(0, 1/n) — ``sharpness_subspace_unit``. The paper does not say which.
       sharpness_iterations: L-BFGS-B iterations (10).
       sharpness_examples: training examples in f of the sharpness (None: all).
       alphas: (first, last, points) of the parametric plot (−1, 2, 25).
@@ -132,6 +134,7 @@ class KeskarConfig(common.Config):
     min_delta: float = 1e-4
     epsilons: tuple = (1e-3, 5e-4)
     subspace_dim: int = 100
+    subspace_scales: tuple = ("standard", "unit")
     sharpness_iterations: int = 10
     sharpness_examples: int = None
     alphas: tuple = (-1.0, 2.0, 25)
@@ -152,6 +155,10 @@ class KeskarConfig(common.Config):
             raise ValueError(f"epsilons must be a non-empty tuple of numbers > 0, got {self.epsilons!r}.")
         object.__setattr__(self, "epsilons", tuple(float(e) for e in self.epsilons))
         common.check_int("subspace_dim", self.subspace_dim)
+        scales = tuple(self.subspace_scales)
+        if not scales or any(v not in SUBSPACE_KEYS for v in scales) or len(set(scales)) != len(scales):
+            raise ValueError(f"subspace_scales must be distinct names from {tuple(SUBSPACE_KEYS)}, got {scales!r}.")
+        object.__setattr__(self, "subspace_scales", scales)
         common.check_int("sharpness_iterations", self.sharpness_iterations)
         common.check_int("sharpness_examples", self.sharpness_examples, optional=True)
         if len(self.alphas) != 3 or not self.alphas[0] < self.alphas[1] or int(self.alphas[2]) < 2:
@@ -224,8 +231,8 @@ def smoke(config):
     :data:`SMOKE_SCALE` (1 for the MLPs: SB 256 and LB 6000 as in the paper, LB
     accumulated from micro-batches of at most 512); 0.2 epochs (two LB
     updates, ~47 SB updates); the sharpness in the full space and in the
-    paper's 100-d subspace (A streamed: 7.3 GB peak for C2's 15M weights) at
-    ε = 1e-3 only, one L-BFGS-B iteration on 256 examples; 3 points of the
+    paper's 100-d subspace (A streamed: 7.3 GB peak for C2's 15M weights; the
+    standard-normal A only) at ε = 1e-3 only, one L-BFGS-B iteration on 256 examples; 3 points of the
     parametric plot; one seed.
     """
     if config.network not in PAPER_SHAPES:
@@ -236,8 +243,8 @@ def smoke(config):
         config, dataset=common.GENERATED, dataset_kwargs=dict(input_shape=shape, num_classes=classes,
                                                               train_size=size // s, test_size=256),
         test_split="test", sb_batch=config.sb_batch // s, max_physical_batch=512 // s, epochs=0.2, seeds=(0,),
-        epsilons=(1e-3,), sharpness_iterations=1, sharpness_examples=256, alphas=(-1.0, 2.0, 3), eval_batch=512,
-        smoke=True)
+        epsilons=(1e-3,), subspace_scales=("standard",), sharpness_iterations=1, sharpness_examples=256,
+        alphas=(-1.0, 2.0, 3), eval_batch=512, smoke=True)
 
 
 # Offline data of the quick preset's networks: the MLP on MNIST-1D, the conv net on 8×8 digit images.
@@ -293,15 +300,19 @@ def build_model(config, data):
 
 
 def _sharpness(config, train, seed):
-    """``measure(model)``: Keskar's sharpness φ at every ε, full space and random subspace."""
+    """``measure(model)``: Keskar's sharpness φ at every ε, full space and random subspace (every A scale)."""
+    spaces = [("sharpness", None, "standard")] + [(SUBSPACE_KEYS[scale], config.subspace_dim, scale)
+                                                    for scale in config.subspace_scales]
+
     def measure(model):
-        out = {"sharpness": {}, "sharpness_subspace": {}}
+        out = {key: {} for key, _, _ in spaces}
         start = time.perf_counter()
         for eps in config.epsilons:
-            for key, dim in (("sharpness", None), ("sharpness_subspace", config.subspace_dim)):
+            for key, dim, scale in spaces:
                 res = bstf.analysis.sharpness(model, train, epsilon=eps, subspace_dim=dim,
                                               max_iter=config.sharpness_iterations, seed=seed,
-                                              num_examples=config.sharpness_examples, batch_size=config.eval_batch)
+                                              num_examples=config.sharpness_examples, batch_size=config.eval_batch,
+                                              subspace_scale=scale)
                 out[key][str(eps)] = float(res.sharpness)
         out["sharpness_seconds"] = time.perf_counter() - start
         return out
@@ -366,11 +377,13 @@ def execute(setup, workdir):
                train.size, test.size, sb, lb, config.seeds)
     runs = [run_seed(setup, seed, workdir) for seed in config.seeds]
     summary = {config.network: {r: _summarise([run[r] for run in runs]) for r in REGIMES}}
+    verdicts = verdict_rows(config, runs)
     pngs = _plots(config, runs, workdir)
-    markdown = _markdown(config, runs, train, test, sb, lb)
+    markdown = _markdown(config, runs, verdicts, train, test, sb, lb)
     runner.write_summary_board(workdir, pngs, markdown)
     return report.write_results(workdir, summary=summary, runs=runs, config=config, markdown=markdown,
-                                paper={config.compared_network: PAPER[config.compared_network]})
+                                paper={config.compared_network: PAPER[config.compared_network]},
+                                verdicts=[dict(zip(("claim", "paper", "ours", "verdict"), v)) for v in verdicts])
 
 
 def run(config, workdir):
@@ -381,8 +394,9 @@ def run(config, workdir):
 def _summarise(records):
     """:func:`runner.summarise` of one regime over seeds, with the sharpness' std."""
     entry = runner.summarise(records)
-    _, stds = report.aggregate([{k: r[k] for k in ("sharpness", "sharpness_subspace")} for r in records])
-    return {**entry, "sharpness_std": stds["sharpness"], "sharpness_subspace_std": stds["sharpness_subspace"]}
+    keys = [k for k in ("sharpness", *SUBSPACE_KEYS.values()) if k in records[0]]
+    _, stds = report.aggregate([{k: r[k] for k in keys} for r in records])
+    return {**entry, **{f"{k}_std": stds[k] for k in keys}}
 
 
 # ----------------------------------------------------------------------------- report
@@ -400,7 +414,7 @@ def _plots(config, runs, workdir):
         logy=True, vlines=(0.0, 1.0),
         title=f"{config.network}: f(α·x_LB + (1−α)·x_SB), mean of {len(runs)} seeds")
     groups = {}
-    for key, label in (("sharpness", "full"), ("sharpness_subspace", f"{config.subspace_dim}-d")):
+    for key, label in _spaces(config, f"{config.subspace_dim}-d"):
         for eps in config.epsilons:
             groups[f"{label}, ε={eps:g}"] = {
                 r.upper(): report.mean_std([run[r][key][str(eps)] for run in runs]) for r in REGIMES}
@@ -409,10 +423,18 @@ def _plots(config, runs, workdir):
     return [path_i, path_s]
 
 
+def _spaces(config, subspace="subspace"):
+    """(record key, label) of every measured space: the full space, then the subspace of each A scale."""
+    labels = {"standard": f"{subspace}, A ~ N(0, 1)", "unit": f"{subspace}, A ~ N(0, 1/n)"}
+    return [("sharpness", "full space")] + [(SUBSPACE_KEYS[v], labels[v]) for v in config.subspace_scales]
+
+
 _SUBSPACE_NOTE = (
-    "`bstf.analysis.sharpness` draws the subspace matrix A with standard-normal entries (its default "
-    "`subspace_scale='standard'`, the common reading of the paper's \"randomly generated\"); the paper does not "
-    "give A's scale, so compare the subspace rows with Table 4 with that in mind (see docs/reproductions/keskar.md).")
+    "The paper does not give the scale of the random subspace matrix A. With N(0, 1) entries (the common reading "
+    "of \"randomly generated\", `bstf.analysis.sharpness`'s default `subspace_scale=\"standard\"`) the box C_ε "
+    "moves the weights on the scale of the full-space box; with N(0, 1/n) entries (unit-norm columns, "
+    "`\"unit\"`) about √n times less, so little that φ follows the gradient rather than the curvature. Both are "
+    "reported beside Table 4 (see docs/reproductions/keskar.md).")
 _NAN_NOTE = "Non-finite losses (nan) mean the network's outputs overflowed at those points."
 
 
@@ -433,77 +455,83 @@ def _values(runs, regime, key, eps=None):
     return [run[regime][key] if eps is None else run[regime][key][str(eps)] for run in runs]
 
 
+def verdict_rows(config, runs):
+    """(claim, paper, ours, verdict) rows of Keskar's claims, each checked against the spread over seeds."""
+    paper = PAPER[config.compared_network]
+    rows = []
+    for key, label in _spaces(config, f"random {config.subspace_dim}-d subspace"):
+        for eps in config.epsilons:
+            sb, lb = _values(runs, "sb", key, eps), _values(runs, "lb", key, eps)
+            d = report.difference(lb, sb)
+            p_sb, p_lb = (paper[r].get(key.replace("_unit", ""), {}).get(str(eps)) for r in REGIMES)
+            paper_text = f"{p_sb[0]:g} / {p_lb[0]:g} ({p_lb[0] / p_sb[0]:.0f}×)" if p_sb and p_lb and p_sb[0] else "—"
+            ratio = f"{np.mean(lb) / np.mean(sb):.3g}×" if np.mean(sb) > 0 else "—"
+            rows.append((f"LB minimisers are sharper ({label}, ε = {eps:g})", paper_text,
+                         f"SB {_pm_sig(sb)} / LB {_pm_sig(lb)} ({ratio}); LB − SB {_sig(d)}",
+                         report.direction_verdict(d)))
+    d = report.difference(_values(runs, "sb", "test_accuracy"), _values(runs, "lb", "test_accuracy"))
+    p = paper["sb"]["test_accuracy"][0] - paper["lb"]["test_accuracy"][0]
+    rows.append(("LB generalises worse (SB − LB test accuracy > 0)", f"{p:+.2f} points",
+                 f"{d.text()} points", report.direction_verdict(d)))
+    return rows
+
+
+def _sig(d):
+    """A :class:`report.Difference` with about 3 significant figures (sharpness spans decades)."""
+    scale = max(abs(d.diff), d.spread or 0.0)
+    digits = 2 if scale >= 10 or scale == 0 else min(8, max(2, 2 - int(np.floor(np.log10(scale)))))
+    return d.text(digits)
+
+
 def _comparison(config, runs):
-    """Our numbers beside the paper's Tables 2, 3 and 4."""
+    """Our numbers beside the paper's Tables 2, 3 and 4 (the subspace rows once per scale of A)."""
     paper, n = PAPER[config.compared_network], len(runs)
     rows = []
     for key, label in (("train_accuracy", "train accuracy (%)"), ("test_accuracy", "test accuracy (%)")):
         for r in REGIMES:
             rows.append((f"{r.upper()} {label}", _values(runs, r, key), _pm_paper(paper[r][key])))
-    for key, label in (("sharpness", "sharpness φ, full space"),
-                       ("sharpness_subspace", f"sharpness φ, {config.subspace_dim}-d subspace")):
+    for key, label in _spaces(config, f"{config.subspace_dim}-d subspace"):
         for eps in config.epsilons:
             for r in REGIMES:
-                p = paper[r][key].get(str(eps))
-                rows.append((f"{r.upper()} {label}, ε={eps:g}", _pm_sig(_values(runs, r, key, eps)), _pm_paper(p)))
+                p = paper[r][key.replace("_unit", "")].get(str(eps))
+                rows.append((f"{r.upper()} sharpness φ, {label}, ε={eps:g}", _pm_sig(_values(runs, r, key, eps)),
+                             _pm_paper(p)))
     return report.comparison_table(rows, ours=f"ours ({config.network}, {n} seed{'s' if n > 1 else ''})",
                                    paper=f"Keskar et al. ({config.compared_network})")
 
 
 def _per_seed(config, runs):
-    """(the per-seed table, the seeds that do not show the paper's direction)."""
+    """Epochs, test accuracy, full-space φ at the first ε and the LB/SB ratio of every space, per seed."""
     eps0 = str(config.epsilons[0])
-    rows, disagree = [], []
+    rows = []
     for run in runs:
-        s_sb, s_lb = run["sb"]["sharpness"][eps0], run["lb"]["sharpness"][eps0]
-        ratio = s_lb / s_sb if s_sb > 0 else float("inf")
-        sharper = s_lb >= SHARPER_FACTOR * s_sb
-        worse = run["lb"]["test_accuracy"] <= run["sb"]["test_accuracy"]
-        if not (sharper and worse):
-            disagree.append(run["seed"])
+        ratios = []
+        for key, _ in _spaces(config):
+            s_sb, s_lb = run["sb"][key][eps0], run["lb"][key][eps0]
+            ratios.append(f"{s_lb / s_sb:.3g}×" if s_sb > 0 else "∞")
         rows.append([run["seed"], f"{run['sb']['epochs']:g}", f"{run['lb']['epochs']:g}", run["sb"]["test_accuracy"],
-                     run["lb"]["test_accuracy"], f"{s_sb:.3g}", f"{s_lb:.3g}", f"{ratio:.1f}×",
-                     "yes" if sharper and worse else "**no**"])
-    table = report.markdown_table(
+                     run["lb"]["test_accuracy"], f"{run['sb']['sharpness'][eps0]:.3g}",
+                     f"{run['lb']['sharpness'][eps0]:.3g}", *ratios])
+    return report.markdown_table(
         ["seed", "SB epochs", "LB epochs", "SB test %", "LB test %", f"SB φ(ε={eps0})", f"LB φ(ε={eps0})",
-         "LB/SB φ", "paper's direction"], rows)
-    return table, disagree
+         *[f"LB/SB φ, {label}" for _, label in _spaces(config)]], rows)
 
 
-def _verdict(config, runs, disagree):
-    paper, n = PAPER[config.compared_network], len(runs)
-    eps0 = str(config.epsilons[0])
-    sharp_sb = np.mean(_values(runs, "sb", "sharpness", config.epsilons[0]))
-    sharp_lb = np.mean(_values(runs, "lb", "sharpness", config.epsilons[0]))
-    gap = np.mean(_values(runs, "sb", "test_accuracy")) - np.mean(_values(runs, "lb", "test_accuracy"))
-    ours_ratio = f"{sharp_lb / sharp_sb:.1f}×" if sharp_sb > 0 else "∞ (SB φ = 0)"
-    paper_sb, paper_lb = paper["sb"]["sharpness"].get(eps0), paper["lb"]["sharpness"].get(eps0)
-    paper_ratio = f"{paper_lb[0] / paper_sb[0]:.0f}×" if paper_sb and paper_lb else "not reported"
-    verdict = (f"Mean over {n} seed{'s' if n > 1 else ''}: LB sharpness (ε={eps0}) is **{ours_ratio}** the SB "
-               f"sharpness (paper, {config.compared_network}: {paper_ratio}); "
-               f"SB − LB test accuracy = **{gap:+.2f}** points (paper: "
-               f"{paper['sb']['test_accuracy'][0] - paper['lb']['test_accuracy'][0]:+.2f}).")
-    if disagree:
-        verdict += (f" Seed{'s' if len(disagree) > 1 else ''} {disagree} do{'' if len(disagree) > 1 else 'es'} "
-                    f"**not** show the paper's direction (LB φ ≥ {SHARPER_FACTOR:g}× SB φ *and* LB test accuracy "
-                    "not above SB) — see the per-seed table.")
-    else:
-        verdict += (f" Every seed shows the paper's direction (LB φ ≥ {SHARPER_FACTOR:g}× SB φ and LB test accuracy "
-                    "not above SB).")
-    sub_sb = np.mean(_values(runs, "sb", "sharpness_subspace", config.epsilons[0]))
-    sub_lb = np.mean(_values(runs, "lb", "sharpness_subspace", config.epsilons[0]))
-    paper_sub_sb = paper["sb"]["sharpness_subspace"].get(eps0)
-    paper_sub_lb = paper["lb"]["sharpness_subspace"].get(eps0)
-    return verdict + (f"\n\nIn the random {config.subspace_dim}-d subspace LB φ is "
-                      + (f"**{sub_lb / sub_sb:.3g}×**" if sub_sb > 0 else "—") + " SB φ (paper: "
-                      + (f"{paper_sub_lb[0] / paper_sub_sb[0]:.0f}×" if paper_sub_sb and paper_sub_lb
-                         else "not reported") + "). " + _SUBSPACE_NOTE)
+def _headroom(runs):
+    return (f"Headroom: SB ends at {report.pm(_values(runs, 'sb', 'test_accuracy'))} % test accuracy "
+            f"(train {np.mean(_values(runs, 'sb', 'train_accuracy')):.2f} %).")
 
 
-def _markdown(config, runs, train, test, sb, lb):
-    table = _comparison(config, runs)
-    per_seed, disagree = _per_seed(config, runs)
-    verdict = _verdict(config, runs, disagree)
+def _interpolation_table(interp):
+    return report.markdown_table(
+        ["α", "train loss", "test loss", "train acc %", "test acc %"],
+        [[f"{a:.2f}", interp["train_loss"][i], interp["test_loss"][i], 100 * interp["train_accuracy"][i],
+          100 * interp["test_accuracy"][i]]
+         for i, a in enumerate(interp["alpha"]) if i % 3 == 0 or abs(a) < 1e-9 or abs(a - 1) < 1e-9],
+        digits=3)
+
+
+def _markdown(config, runs, verdicts, train, test, sb, lb):
     interp = runs[0]["interpolation"]
     lines = [
         f"# Keskar et al. (2017) — {config.network} on {config.dataset}",
@@ -518,8 +546,10 @@ def _markdown(config, runs, train, test, sb, lb):
         f"- sharpness: {config.sharpness_iterations} L-BFGS-B iterations on "
         f"{config.sharpness_examples or train.size} training examples (inference mode); subspace p = "
         f"{config.subspace_dim}; seeds {list(config.seeds)}",
+        f"- {_headroom(runs)}",
         "",
-        verdict,
+        "## Verdicts", "", report.VERDICT_RULE, "", report.verdict_table(verdicts),
+        _SUBSPACE_NOTE,
         "",
         "## Our numbers beside the paper's (Tables 2, 3 and 4)",
         "",
@@ -528,10 +558,10 @@ def _markdown(config, runs, train, test, sb, lb):
         + (" — a different (bigger) problem than this preset's, so compare directions and ratios, not values."
            if config.network != config.compared_network or config.preset != "paper" else "."),
         "",
-        table,
+        _comparison(config, runs),
         "## Per seed",
         "",
-        per_seed,
+        _per_seed(config, runs),
         "## Parametric plot (seed %d)" % runs[0]["seed"],
         "",
         "α = 0 is the SB minimiser, α = 1 the LB minimiser (`interpolation.png` shows the mean over seeds). "
@@ -539,12 +569,7 @@ def _markdown(config, runs, train, test, sb, lb):
         "held at the nearer minimiser's values outside it.",
         "",
         *([_NAN_NOTE, ""] if not np.all(np.isfinite(interp["train_loss"] + interp["test_loss"])) else []),
-        report.markdown_table(
-            ["α", "train loss", "test loss", "train acc %", "test acc %"],
-            [[f"{a:.2f}", interp["train_loss"][i], interp["test_loss"][i], 100 * interp["train_accuracy"][i],
-              100 * interp["test_accuracy"][i]]
-             for i, a in enumerate(interp["alpha"]) if i % 3 == 0 or abs(a) < 1e-9 or abs(a - 1) < 1e-9],
-            digits=3),
+        _interpolation_table(interp),
     ]
     return "\n".join(lines)
 

@@ -130,6 +130,125 @@ def comparison_table(rows, ours="ours", paper="paper", digits=2):
     return markdown_table(header, body, digits)
 
 
+# ============================================================================ verdicts
+REPRODUCED, NOT_REPRODUCED, NOT_SEPARABLE, NOT_TESTED = (
+    "reproduced", "not reproduced", "not separable at this size", "not tested")
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, NOT_SEPARABLE, NOT_TESTED)
+"""Every claim of a paper gets one of these in its report's verdict table."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Difference:
+    """``a − b`` of two arms over seeds, and its spread.
+
+    Attributes:
+      diff: mean over seeds of ``a`` minus mean of ``b``.
+      spread: sample std of that difference, ``√(std_a² + std_b²)`` (the arms' sample stds over seeds;
+        :func:`paired_difference`: the std of the per-seed differences); ``None`` with fewer than 2 seeds in
+        an arm (no spread can be measured).
+      seeds: the smaller number of seeds of the two arms.
+    """
+
+    diff: float
+    spread: float
+    seeds: int
+
+    @property
+    def separable(self):
+        """Whether the difference exceeds its spread (never with fewer than 2 seeds)."""
+        return self.spread is not None and abs(self.diff) > self.spread
+
+    def text(self, digits=2, unit=""):
+        """"+1.23 ± 0.45" (difference ± spread), "+1.23 (1 seed)" without a spread."""
+        d = f"{self.diff:+.{digits}f}{unit}"
+        return f"{d} (1 seed)" if self.spread is None else f"{d} ± {self.spread:.{digits}f}{unit}"
+
+
+def difference(a, b):
+    """:class:`Difference` of per-seed values ``a`` and ``b`` (lists of numbers; NaN propagates)."""
+    a, b = np.asarray(list(a), np.float64), np.asarray(list(b), np.float64)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("difference needs at least one value per arm.")
+    n = int(min(a.size, b.size))
+    spread = None if n < 2 else float(np.sqrt(a.var(ddof=1) + b.var(ddof=1)))
+    return Difference(float(a.mean() - b.mean()), spread, n)
+
+
+def paired_difference(a, b):
+    """:class:`Difference` of two arms run in pairs, seed by seed (same initial weights and data order).
+
+    The mean of the per-seed differences ``a[i] − b[i]`` ± their sample std: the spread of the arms'
+    difference itself, not of the seeds (which :func:`difference` would count twice).
+    """
+    a, b = np.asarray(list(a), np.float64), np.asarray(list(b), np.float64)
+    if a.size == 0 or a.size != b.size:
+        raise ValueError(f"paired_difference needs one value per seed in both arms, got {a.size} and {b.size}.")
+    d = a - b
+    return Difference(float(d.mean()), None if d.size < 2 else float(d.std(ddof=1)), int(d.size))
+
+
+def direction_verdict(d, sign=1):
+    """Verdict on "a is larger than b" (``sign=1``) or "a is smaller than b" (``sign=-1``) from ``d = a − b``.
+
+    Reproduced only when the difference has the claimed sign *and* exceeds its spread; the opposite sign
+    beyond the spread is "not reproduced"; anything within the spread is "not separable at this size".
+    """
+    if not np.isfinite(d.diff) or not d.separable:
+        return NOT_SEPARABLE
+    return REPRODUCED if d.diff * sign > 0 else NOT_REPRODUCED
+
+
+def equality_verdict(d, tolerance):
+    """Verdict on "a matches b" (within ``tolerance``, in the units of ``d``).
+
+    Reproduced when the difference and its spread are both within the tolerance (the experiment could have
+    seen a difference of that size and did not); not reproduced when the difference exceeds both the
+    tolerance and its spread; otherwise (a spread wider than the tolerance, or one seed) not separable.
+    """
+    if not np.isfinite(d.diff) or d.spread is None:
+        return NOT_SEPARABLE
+    if abs(d.diff) <= tolerance and d.spread <= tolerance:
+        return REPRODUCED
+    if abs(d.diff) > tolerance and d.separable:
+        return NOT_REPRODUCED
+    return NOT_SEPARABLE
+
+
+def bound_verdict(d, tolerance):
+    """Verdict on "a is at most ``tolerance`` above b" (e.g. a large batch's error no worse than the base's).
+
+    Reproduced when even the difference plus its spread stays within the tolerance; not reproduced when
+    the difference exceeds the tolerance and its spread; otherwise not separable.
+    """
+    if not np.isfinite(d.diff) or d.spread is None:
+        return NOT_SEPARABLE
+    if d.diff + d.spread <= tolerance:
+        return REPRODUCED
+    if d.diff > tolerance and d.separable:
+        return NOT_REPRODUCED
+    return NOT_SEPARABLE
+
+
+def verdict_table(rows):
+    """The markdown verdict table of ``(claim, paper, ours, verdict)`` rows (``verdict`` one of :data:`VERDICTS`)."""
+    for row in rows:
+        if row[3] not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {row[3]!r}.")
+    return markdown_table(["claim", "paper", "ours (mean ± std over seeds; difference ± spread)", "verdict"],
+                          [[c, p, o, f"**{v}**" if v == REPRODUCED else v] for c, p, o, v in rows])
+
+
+VERDICT_RULE = (
+    "A difference between two arms is the difference of their means over seeds ± its spread √(std_a² + std_b²) "
+    "(sample stds over seeds). A claimed direction is **reproduced** only when the difference has that sign and "
+    "exceeds its spread, *not reproduced* when the opposite sign exceeds it, and *not separable at this size* "
+    "otherwise; a claimed equality is reproduced when the difference and its spread are both within the stated "
+    "tolerance, not reproduced when the difference exceeds the tolerance and its spread; a claimed bound (\"no worse "
+    "than\") is reproduced when the difference plus its spread stays within the tolerance, not reproduced when "
+    "the difference exceeds the tolerance and its spread.")
+"""The rule of :func:`direction_verdict` and :func:`equality_verdict`, in words, for every report."""
+
+
 RESULTS_KEYS = ("summary", "runs", "config", "paper", "machine")
 """The top-level keys of every script's results.json (scripts may add their own studies after them)."""
 

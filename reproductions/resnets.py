@@ -40,7 +40,7 @@ def _l2(weight_decay):
 
 
 def with_kernel_weight_decay(model, weight_decay):
-    """A copy of a functional ``model`` with L2 ``weight_decay`` on every Conv/Dense kernel.
+    """A copy of a functional or Sequential ``model`` with L2 ``weight_decay`` on every Conv/Dense kernel.
 
     BN parameters and biases get none (Goyal et al. 2017). Weights are copied.
     """

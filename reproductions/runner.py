@@ -39,7 +39,7 @@ RESULTS_TEXT_TAG = "results"  # the results.md table on the summary board
 
 RESULT_KEYS = ("name", "seed", "hparams", "epochs", "updates", "examples", "train_seconds", "batch_size",
                "max_batch", "accumulation", "learning_rate", "momentum", "train_loss", "train_accuracy",
-               "test_loss", "test_accuracy", "curves", "phases")
+               "test_loss", "test_accuracy", "curves", "phases", "diverged_update")
 """The keys of every run record (in this order; a script's measurements follow them).
 
 * ``name``, ``seed``, ``hparams``: the :class:`Run` (``hparams``: what the paper varies — schedule, variant, regime).
@@ -50,6 +50,10 @@ RESULT_KEYS = ("name", "seed", "hparams", "epochs", "updates", "examples", "trai
 * ``train_loss``, ``train_accuracy``, ``test_loss``, ``test_accuracy``: ``bstf.evaluate`` of the trained model.
 * ``curves``: per-epoch lists from ``bstf.fit``'s history — :data:`CURVE_KEYS`.
 * ``phases``: ``bstf.fit``'s phases — :data:`PHASE_KEYS`.
+* ``diverged_update``: None, or the update whose training loss was not finite when ``bstf.fit`` stopped with
+  :class:`bstf.NonFiniteLossError` (a diverged run: its weights are set to NaN, so every evaluation and
+  measurement of it is NaN or chance; ``curves`` hold the finished epochs, then the evaluation of the NaN
+  weights up to the budget; ``phases`` are the plan's).
 """
 CURVE_KEYS = ("examples", "updates", "batch_size", "learning_rate", "loss", "accuracy", "val_loss", "val_accuracy")
 PHASE_KEYS = ("start_epoch", "end_epoch", "batch_size", "physical_batch", "accumulation", "learning_rate",
@@ -123,14 +127,24 @@ def fit_and_evaluate(setup, run, build, workdir, init=None, measure=None):
         if init is not None:
             model.set_weights(init)
     logdir = os.path.join(workdir, "tensorboard", run.name)
+    epoch_logs = _EpochLogs()
     start = time.perf_counter()
-    history = bstf.fit(model, setup.train, run.plan, run.epochs, validation_data=setup.test,
-                       strategy=setup.strategy, max_physical_batch=run.max_physical_batch,
-                       callbacks=list(run.callbacks), logdir=logdir if run.curves else None, seed=run.seed,
-                       verbose=0)
+    try:
+        history = bstf.fit(model, setup.train, run.plan, run.epochs, validation_data=setup.test,
+                           strategy=setup.strategy, max_physical_batch=run.max_physical_batch,
+                           callbacks=[*run.callbacks, epoch_logs], logdir=logdir if run.curves else None,
+                           seed=run.seed, verbose=0)
+        diverged = None
+    except bstf.NonFiniteLossError as error:  # the run diverged: a result of the protocol, not a failure
+        common.log("%s diverged at update %d (epoch %d): weights set to NaN", run.name, error.update, error.epoch)
+        model.set_weights([np.full(np.shape(w), np.nan, np.asarray(w).dtype) for w in model.get_weights()])
+        history, diverged = None, error
     seconds = time.perf_counter() - start
-    record = _record(run, history, seconds, setup.train.size)
     train, test = evaluate(model, setup.train, setup), evaluate(model, setup.test, setup)
+    if diverged is None:
+        record = _record(run, history, seconds, setup.train.size)
+    else:
+        record = _diverged_record(run, diverged, epoch_logs.logs, seconds, setup.train.size, test["accuracy"])
     record.update(train_loss=train["loss"], train_accuracy=train["accuracy"], test_loss=test["loss"],
                   test_accuracy=test["accuracy"])
     if measure is not None:
@@ -157,7 +171,46 @@ def _record(run, history, seconds, train_size):
         "learning_rate": float(run.plan.phases(run.epochs)[0].learning_rate),
         "momentum": float(run.plan.momentum_value),
         "train_loss": None, "train_accuracy": None, "test_loss": None, "test_accuracy": None,
-        "curves": curves, "phases": phases,
+        "curves": curves, "phases": phases, "diverged_update": None,
+    }
+
+
+class _EpochLogs(keras.callbacks.Callback):
+    """The epoch logs ``bstf.fit`` reports (a run that stops with NonFiniteLossError returns no history)."""
+
+    def __init__(self):
+        super().__init__()
+        self.logs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.logs.append(dict(logs or {}))
+
+
+def _diverged_record(run, error, logs, seconds, train_size, nan_accuracy):
+    """The run record of a run stopped by ``error`` (:class:`bstf.NonFiniteLossError`).
+
+    ``curves`` hold the finished epochs' logs, then (to the budget, so seeds average element-wise) no more
+    examples or updates, NaN losses and ``nan_accuracy`` — the test accuracy of the NaN weights.
+    """
+    planned = run.plan.phases(run.epochs)
+    phases = [{k: getattr(p, k) for k in PHASE_KEYS} for p in planned]
+    first = {"examples": 0, "updates": 0, "batch_size": planned[0].batch_size,
+             "learning_rate": planned[0].learning_rate}
+    last = {**first, **(logs[-1] if logs else {})}
+    pad = {k: float(last[k]) if k in first else nan_accuracy if k == "val_accuracy" else float("nan")
+           for k in CURVE_KEYS}
+    curves = {k: [float(log.get(k, np.nan)) * (100 if k in _PERCENT else 1) for log in logs] for k in CURVE_KEYS}
+    for k in CURVE_KEYS:
+        curves[k] += [pad[k]] * max(0, int(np.ceil(run.epochs)) - len(logs))
+    examples = int(error.examples)
+    return {
+        "name": run.name, "seed": int(run.seed), "hparams": dict(run.hparams), "epochs": examples / train_size,
+        "updates": int(error.update) - 1, "examples": examples, "train_seconds": seconds,
+        "batch_size": phases[0]["batch_size"], "max_batch": max(p["batch_size"] for p in phases),
+        "accumulation": max(p["accumulation"] for p in phases),
+        "learning_rate": float(planned[0].learning_rate), "momentum": float(run.plan.momentum_value),
+        "train_loss": None, "train_accuracy": None, "test_loss": None, "test_accuracy": None,
+        "curves": curves, "phases": phases, "diverged_update": int(error.update),
     }
 
 
@@ -174,12 +227,13 @@ def summarise(records):
     The mean of every numeric entry (curves element-wise; integers equal in
     every seed stay integers), ``<key>_std`` (sample std) and
     ``<key>_per_seed`` for :data:`SPREAD_KEYS`, and the first seed's
-    ``hparams`` and ``phases``.
+    ``hparams`` and ``phases``. Curves of unequal length (runs stopped early)
+    are NaN-padded: their mean is NaN after the shortest run's last epoch.
     """
     if not records:
         raise ValueError("summarise needs at least one run record.")
     means, stds = report.aggregate([{k: v for k, v in r.items() if k not in ("name", "hparams", "phases")}
-                                    for r in records])
+                                    for r in _padded_curves(records)])
     out = {k: v for k, v in means.items() if k != "seed"}
     out["seeds"] = [r["seed"] for r in records]
     out["hparams"], out["phases"] = records[0]["hparams"], records[0]["phases"]
@@ -187,6 +241,13 @@ def summarise(records):
         out[f"{key}_std"] = stds[key]
         out[f"{key}_per_seed"] = [r[key] for r in records]
     return out
+
+
+def _padded_curves(records):
+    """The records with every curve NaN-padded to the longest (early stopping ends seeds at different epochs)."""
+    n = max(len(v) for r in records for v in r["curves"].values())
+    return [{**r, "curves": {k: list(v) + [float("nan")] * (n - len(v)) for k, v in r["curves"].items()}}
+            for r in records]
 
 
 def run_records(tree):

@@ -210,6 +210,70 @@ def test_tables():
         report.markdown_table(["a", "b"], [[1]])
 
 
+def test_difference_and_its_spread():
+    d = report.difference([3.0, 5.0, 4.0], [1.0, 1.0, 1.0])
+    assert d.diff == pytest.approx(3.0) and d.spread == pytest.approx(1.0) and d.seeds == 3 and d.separable
+    assert d.text() == "+3.00 ± 1.00"
+    d = report.difference([1.0, 3.0], [2.0, 0.0])  # stds sqrt(2) and sqrt(2): spread 2
+    assert d.diff == pytest.approx(1.0) and d.spread == pytest.approx(2.0) and not d.separable
+    one = report.difference([5.0], [1.0])
+    assert one.spread is None and not one.separable and one.text() == "+4.00 (1 seed)"
+    with pytest.raises(ValueError, match="at least one value"):
+        report.difference([], [1.0])
+
+
+@pytest.mark.parametrize("a, b, sign, expected", [
+    ([3.0, 5.0, 4.0], [1.0, 1.0, 1.0], 1, report.REPRODUCED),       # +3 ± 1, claimed larger
+    ([3.0, 5.0, 4.0], [1.0, 1.0, 1.0], -1, report.NOT_REPRODUCED),  # +3 ± 1, claimed smaller
+    ([1.0, 3.0], [2.0, 0.0], 1, report.NOT_SEPARABLE),              # +1 ± 2
+    ([5.0], [1.0], 1, report.NOT_SEPARABLE),                        # one seed: no spread
+    ([float("nan"), 1.0], [0.0, 0.0], 1, report.NOT_SEPARABLE),     # a diverged run
+])
+def test_direction_verdict(a, b, sign, expected):
+    assert report.direction_verdict(report.difference(a, b), sign) == expected
+
+
+@pytest.mark.parametrize("a, b, tolerance, expected", [
+    ([76.0, 76.5, 77.0], [76.2, 76.4, 76.9], 1.0, report.REPRODUCED),        # -0.03 ± 0.67 within 1
+    ([70.0, 70.5, 71.0], [76.2, 76.4, 76.9], 1.0, report.NOT_REPRODUCED),    # -6 beyond 1 and the spread
+    ([70.0, 76.0, 82.0], [76.2, 76.4, 76.9], 1.0, report.NOT_SEPARABLE),     # spread 6 > tolerance
+    ([76.0], [76.2], 1.0, report.NOT_SEPARABLE),                             # one seed
+])
+def test_equality_verdict(a, b, tolerance, expected):
+    assert report.equality_verdict(report.difference(a, b), tolerance) == expected
+
+
+def test_paired_difference_is_the_spread_of_the_pairs():
+    a, b = [46.75, 41.80, 48.0], [46.75, 42.00, 47.9]  # seeds differ by 6 points, the pairs by 0.2 at most
+    d = report.paired_difference(a, b)
+    assert d.diff == pytest.approx(-0.1 / 3) and d.spread == pytest.approx(np.std([0.0, -0.2, 0.1], ddof=1))
+    assert d.seeds == 3 and report.equality_verdict(d, 1.0) == report.REPRODUCED
+    assert report.equality_verdict(report.difference(a, b), 1.0) == report.NOT_SEPARABLE  # unpaired: seed spread
+    assert report.paired_difference([1.0], [0.5]).spread is None
+    with pytest.raises(ValueError, match="one value per seed in both arms, got 2 and 3"):
+        report.paired_difference([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("a, b, tolerance, expected", [
+    ([20.0, 21.0, 22.0], [22.0, 23.0, 24.0], 1.0, report.REPRODUCED),      # -2 ± 1.41: better, bound holds
+    ([23.0, 23.5, 24.0], [23.0, 23.2, 23.4], 1.0, report.REPRODUCED),      # +0.3 ± 0.54: 0.84 <= 1
+    ([23.5, 24.0, 24.5], [23.0, 23.2, 23.4], 1.0, report.NOT_SEPARABLE),   # +0.8 ± 0.54: within 1, not with spread
+    ([40.0, 43.0, 46.0], [22.0, 23.0, 24.0], 1.0, report.NOT_REPRODUCED),  # +20 ± 3.2
+    ([20.0, 30.0, 40.0], [22.0, 23.0, 24.0], 1.0, report.NOT_SEPARABLE),   # +7 ± 10
+])
+def test_bound_verdict(a, b, tolerance, expected):
+    assert report.bound_verdict(report.difference(a, b), tolerance) == expected
+
+
+def test_verdict_table():
+    table = report.verdict_table([("LB sharper", "167×", "27×", report.REPRODUCED),
+                                  ("gap", "+0.2", "+0.1 ± 0.3", report.NOT_SEPARABLE)]).splitlines()
+    assert table[2] == "| LB sharper | 167× | 27× | **reproduced** |"
+    assert table[3].endswith("| not separable at this size |")
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        report.verdict_table([("c", "p", "o", "yes")])
+
+
 def test_write_results_and_plots(tmp_path):
     common.make_strategy(common.Config())
     res = report.write_results(str(tmp_path), summary={"x": np.float32(1.5)}, runs=[{"seed": np.int64(0)}],

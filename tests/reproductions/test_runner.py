@@ -86,7 +86,7 @@ def _fake(seed, acc, loss, updates=10):
             "learning_rate": 0.1, "momentum": 0.9, "train_loss": loss / 2, "train_accuracy": acc + 5,
             "test_loss": loss, "test_accuracy": acc,
             "curves": {k: [1.0 + seed, 2.0 + seed] for k in runner.CURVE_KEYS}, "phases": [{"batch_size": 16}],
-            "distance": {"a": 1.0 + seed}}
+            "diverged_update": None, "distance": {"a": 1.0 + seed}}
 
 
 def test_summarise_over_seeds():
@@ -115,3 +115,28 @@ def test_hparams_and_scalars_follow_bstf_fits_coercion():
     assert runner.hparam_value(3) == 3 and runner.hparam_value("x") == "x"
     assert runner.final_scalars({"a": 1, "b": {"0.001": 2.0}, "c": "text", "d": float("nan"), "e": True}) == {
         "a": 1.0, "b_0.001": 2.0}
+
+
+def test_a_diverged_run_is_recorded_not_raised(tmp_path):
+    """bstf.fit's NonFiniteLossError becomes a record: NaN weights, diverged_update, curves to the budget."""
+    setup = _setup()
+    plan = bstf.NoiseScalePlan(96, 1e30, 16, base_momentum=0.5)  # the first update overflows the weights: loss inf/NaN at the 2nd
+    run = runner.Run("seed0/huge_lr", plan, 3, 0, {"lr": "huge"})
+    record, model = runner.fit_and_evaluate(setup, run, _build(setup), str(tmp_path),
+                                            measure=lambda m: {"finite": bool(np.all(np.isfinite(m.get_weights()[0])))})
+    assert list(record)[:len(runner.RESULT_KEYS)] == list(runner.RESULT_KEYS)
+    assert record["diverged_update"] is not None and record["updates"] == record["diverged_update"] - 1
+    assert record["finite"] is False and math.isnan(record["test_loss"]) and math.isnan(record["train_loss"])
+    assert all(len(v) == 3 for v in record["curves"].values())  # seeds average element-wise
+    assert math.isnan(record["curves"]["val_loss"][-1])
+    assert record["curves"]["val_accuracy"][-1] == pytest.approx(record["test_accuracy"])
+    assert [p["batch_size"] for p in record["phases"]] == [16] and record["learning_rate"] == pytest.approx(1e30)
+    summary = runner.summarise([record, record])  # a diverged record summarises like any other
+    assert summary["diverged_update"] == record["diverged_update"] and math.isnan(summary["test_loss"])
+
+
+def test_summarise_pads_curves_of_runs_stopped_early():
+    short = _fake(1, 80.0, 3.0)
+    short["curves"] = {k: [5.0] for k in runner.CURVE_KEYS}
+    s = runner.summarise([_fake(0, 70.0, 1.0), short])
+    assert s["curves"]["loss"][0] == 3.0 and math.isnan(s["curves"]["loss"][1])
