@@ -361,10 +361,11 @@ def _seed(spec, record):
         raise ValueError(
             f"checkpoint_dir {spec.checkpoint_dir!r} holds a run with seed {record['seed']}, now seed={spec.seed}; "
             "refusing to mix them. Use another checkpoint_dir or the same seed.")
-    if record.get("tf_global_seed", _tf_global_seed()) != _tf_global_seed():
+    now = _tf_global_seed()
+    if record.get("tf_global_seed", now) != now:
         raise ValueError(
             f"checkpoint_dir {spec.checkpoint_dir!r} holds a run whose data order was drawn under TensorFlow's global "
-            f"seed {record['tf_global_seed']}; it is now {_tf_global_seed()}, which would reorder the examples after "
+            f"seed {record['tf_global_seed']}; it is now {now}, which would reorder the examples after "
             "the resume point. Call keras.utils.set_random_seed (or tf.random.set_seed) as the first run did before "
             "bstf.fit, or use another checkpoint_dir.")
     return record["seed"]

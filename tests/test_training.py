@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import bstf
+import workers
 from bstf.training import physical_batch, segments
 
 N = 240
@@ -373,8 +374,6 @@ _WORKER = textwrap.dedent("""
 
 
 def test_multi_worker_two_local_processes_equal_single_process(tmp_path, local_workers):
-    import workers
-
     np.savez(tmp_path / "data.npz", x=X, y=Y)
     local_workers().run_script(tmp_path, _WORKER.format(data=str(tmp_path / "data.npz"), out=str(tmp_path)))
     # the same run in this process, without a strategy
@@ -445,16 +444,6 @@ def _controller():
                                        base_batch=32, granularity=16)
 
 
-class _Crash(keras.callbacks.Callback):
-    def __init__(self, at):
-        super().__init__()
-        self.at = at
-
-    def on_train_batch_end(self, batch, logs=None):
-        if batch + 1 == self.at:
-            raise KeyboardInterrupt("simulated kill")
-
-
 def test_adaptive_batch_follows_the_measured_noise_scale(tmp_path):
     data, n = _teacher()
     plan = bstf.NoiseScalePlan(n, 0.05, 32, base_momentum=0.9)
@@ -483,7 +472,7 @@ def test_adaptive_batch_resumes_exactly(tmp_path):
     d = str(tmp_path / "ckpt")
     with pytest.raises(KeyboardInterrupt):
         bstf.fit(_adaptive_model(), data, plan, 3, adaptive=_controller(), checkpoint_dir=d,
-                 checkpoint_every_n_updates=4, callbacks=[_Crash(h_full.updates // 2 + 1)], **kw)
+                 checkpoint_every_n_updates=4, callbacks=[workers.CrashAfter(h_full.updates // 2 + 1)], **kw)
     resumed = _adaptive_model()
     ctrl = _controller()
     h = bstf.fit(resumed, data, plan, 3, adaptive=ctrl, checkpoint_dir=d, checkpoint_every_n_updates=4, **kw)

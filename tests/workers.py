@@ -1,10 +1,12 @@
 """What the multi-worker test scripts share (they run with ``tests/`` and the repository on ``sys.path``; see
 ``LocalWorkers.run_script`` in conftest.py): the task index, the saved data, the tiny classifier most of them
-train, and the per-task results the test reads back with :func:`results`."""
+train, and the per-task results the test reads back with :func:`results`; also :class:`CrashAfter`, the
+deterministic kill the resume tests inject in one process."""
 
 import json
 import os
 
+import keras
 import numpy as np
 
 
@@ -21,8 +23,6 @@ def data(path):
 
 def classifier(strategy, features=6, classes=2, seed=1, optimizer=None, **compile_kw):
     """Dense(8, tanh) → Dense(classes) logits, seeded, compiled in ``strategy``'s scope (SGD 0.1, momentum 0.9)."""
-    import keras
-
     with strategy.scope():
         keras.utils.set_random_seed(seed)
         model = keras.Sequential([keras.Input((features,)), keras.layers.Dense(8, activation="tanh"),
@@ -44,3 +44,15 @@ def results(out, task_index):
     weights = np.load(os.path.join(out, f"weights{task_index}.npz"))
     with open(os.path.join(out, f"results{task_index}.json")) as f:
         return [weights[k] for k in weights.files], json.load(f)
+
+
+class CrashAfter(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt ("simulated kill") right after update ``at`` (1-based) of a fit."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 == self.at:
+            raise KeyboardInterrupt("simulated kill")

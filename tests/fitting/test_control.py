@@ -79,13 +79,19 @@ def test_adaptive_batch_follows_the_smoothed_noise_scale_and_scalars():
     assert ctl.progress_at(5) == pytest.approx(c.progress + c.gain * 32 * (5 - 1))  # since its last measurement (update 1)
 
 
-def test_goodput_decision_scalars():
+def _decided_goodput():
+    """A goodput controller and its Control after two timings and four measurements (one decision, at update 4)."""
     c = _goodput()
     ctl, _ = _control(c, window=1)
     ctl.start()
     ctl.timed(0.02), ctl.timed(0.02)
     for u in range(1, 5):
         ctl.decide(_norms(100.0), None, u)
+    return c, ctl
+
+
+def test_goodput_decision_scalars():
+    c, ctl = _decided_goodput()
     scalars = ctl.decision()
     assert scalars["batch"] == c.batch and scalars["goodput"] == pytest.approx(c.decision.goodput)
     assert ctl.progress_at(6) == pytest.approx(c.progress_at(6))
@@ -94,12 +100,7 @@ def test_goodput_decision_scalars():
 
 
 def test_restart_from_state_holds_its_realisation():
-    c = _goodput()
-    ctl, _ = _control(c, window=1)
-    ctl.start()
-    ctl.timed(0.02), ctl.timed(0.02)
-    for u in range(1, 5):
-        ctl.decide(_norms(100.0), None, u)
+    c, ctl = _decided_goodput()
     state = ctl.state()
     other = _goodput()
     ctl2, _ = _control(other, window=1)

@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 import bstf
+import workers
 from bstf import tags
 from bstf.analysis import AdaptiveBatch, GoodputBatch, ThroughputModel
 from bstf.fitting import control
@@ -114,16 +115,6 @@ def test_goodput_batch_chooses_realises_and_logs(tmp_path, monkeypatch):
     assert all(0 < p <= s for p, s in zip(progress[1:], seen[1:]))  # r·B₀ <= B per update: at most examples
 
 
-class _Crash(keras.callbacks.Callback):
-    def __init__(self, at):
-        super().__init__()
-        self.at = at
-
-    def on_train_batch_end(self, batch, logs=None):
-        if batch + 1 == self.at:
-            raise KeyboardInterrupt("simulated kill")
-
-
 def test_resume_across_an_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(control.Control, "timed", synthetic(seconds))
     whole, c = _model(), _controller()
@@ -134,7 +125,7 @@ def test_resume_across_an_interruption_equals_an_uninterrupted_run(tmp_path, mon
     at = c.changes[1][0] + 7
     with pytest.raises(KeyboardInterrupt):
         _fit(_model(), _controller(), checkpoint_dir=str(tmp_path / "b"), checkpoint_every_n_updates=6,
-             callbacks=[_Crash(at)])
+             callbacks=[workers.CrashAfter(at)])
     record = _record(tmp_path / "b")  # the controller's state is in the run record of the checkpoint
     assert record["updates"] == at - 1 and record["state"]["adaptive"]["changes"] == [list(ch) for ch in c.changes[:2]]
     assert record["adaptive"] == c.get_config()
